@@ -1,0 +1,32 @@
+# recfm: `make demo` runs the main job on the bundled data, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# This workplace keeps a CPU build of torch in a local wheel folder named by pip's config; pass it to uv,
+# which ignores pip's config. Without it uv takes PyPI's (CUDA) torch, which is right on a GPU machine.
+FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt excludes.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt --excludes excludes.txt $(FIND_LINKS)
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/recfm demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check recfm tests bench
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,5 @@
+import sys
+
+from recfm.platform.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The user foundation model: event tokens, TorchRec tables, transformer, objectives."""

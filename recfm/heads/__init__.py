@@ -1,0 +1,1 @@
+"""Search, similar-items and homepage heads over one unified context."""

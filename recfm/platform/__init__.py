@@ -1,0 +1,1 @@
+"""Runs things: CLI, data import and preparation, Ray Train job, checkpoints, metrics, evaluation."""

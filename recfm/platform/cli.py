@@ -1,0 +1,183 @@
+"""The `recfm` command line. Each subcommand is a thin layer over a library function.
+
+Bad input, bad configs and missing files end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from recfm.platform.config import ConfigError, RecfmConfig, load_config, to_yaml
+from recfm.platform.data.errors import DataError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args) or 0
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"recfm: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("recfm: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recfm", description="Recommendation foundation-model platform.")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    data = commands.add_parser("data", help="import, synthesise and prepare event data")
+    data_commands = data.add_subparsers(metavar="STEP")
+
+    imp = data_commands.add_parser("import", help="import a source into recfm's event schema")
+    imp.add_argument("format", choices=["movielens", "sequences", "events"])
+    imp.add_argument("source", help="MovieLens folder, sequence file, or event file(s) / folder")
+    imp.add_argument("--out", required=True, help="output directory")
+    mode = imp.add_mutually_exclusive_group()
+    mode.add_argument("--strict", dest="mode", action="store_const", const="strict",
+                      help="stop at the first bad row with a one-line error (default)")
+    mode.add_argument("--lenient", dest="mode", action="store_const", const="lenient",
+                      help="quarantine bad rows to quarantine.csv and print counts")
+    imp.set_defaults(mode="strict")
+    imp.add_argument("--map", nargs="*", default=[], metavar="FIELD=COLUMN",
+                     help="events: source column for a schema field, e.g. user_id=uid ts=time")
+    imp.add_argument("--ts-unit", default="s", choices=["s", "ms", "us", "ns", "iso"], help="events: time unit")
+    imp.add_argument("--id-type", default=None, choices=["int", "str"],
+                     help="ids as integers or text (default: int for sequences, str for events)")
+    imp.add_argument("--items", help="events: item catalog file (CSV or Parquet) to check items against")
+    imp.set_defaults(run=_import)
+
+    synth = data_commands.add_parser("synth", help="write synthetic events with known structure")
+    synth.add_argument("--users", type=int, required=True)
+    synth.add_argument("--items", type=int, required=True)
+    synth.add_argument("--events", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--clusters", type=int, default=20, help="taste clusters")
+    synth.add_argument("--out", required=True)
+    synth.set_defaults(run=_synth)
+
+    prep = data_commands.add_parser("prepare", help="build per-user sequences, dense ids and a split")
+    prep.add_argument("dataset", help="an imported dataset directory")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--split", default="loo", choices=["loo", "time"])
+    prep.add_argument("--val-cutoff", type=float, help="time split: timestamp, or quantile in (0, 1); default 0.8")
+    prep.add_argument("--test-cutoff", type=float, help="time split: timestamp, or quantile in (0, 1); default 0.9")
+    prep.add_argument("--actions", help="comma-separated interaction actions (default: the importer's)")
+    prep.set_defaults(run=_prepare)
+
+    ev = commands.add_parser("eval", help="evaluate the baselines (full ranking) on a dataset")
+    _config_args(ev)
+    ev.add_argument("--data", help="a prepared directory to use instead of the config's data section")
+    ev.set_defaults(run=_eval)
+
+    show = commands.add_parser("config", help="print the resolved configuration")
+    _config_args(show)
+    show.set_defaults(run=lambda a: print(to_yaml(_config(a)), end=""))
+
+    demo = commands.add_parser("demo", help="the main job on the embedded defaults (bundled ml-latest-small)")
+    _config_args(demo)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (default: the embedded demo defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. eval.ks=[10,20]")
+
+
+def _config(args: argparse.Namespace) -> RecfmConfig:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    return load_config(config, overrides)
+
+
+def _import(args: argparse.Namespace) -> None:
+    from recfm.platform.data.events import import_events
+    from recfm.platform.data.importing import summary
+    from recfm.platform.data.movielens import import_movielens
+    from recfm.platform.data.sequences import import_sequences
+
+    if args.format == "movielens":
+        info = import_movielens(Path(args.source), Path(args.out), args.mode)
+    elif args.format == "sequences":
+        info = import_sequences(Path(args.source), Path(args.out), args.mode, args.id_type or "int")
+    else:
+        mapping = dict(_pair(m) for m in args.map)
+        info = import_events(Path(args.source), Path(args.out), args.mode, mapping, args.ts_unit,
+                             args.id_type or "str", Path(args.items) if args.items else None)
+    print(summary(info))
+
+
+def _pair(text: str) -> tuple[str, str]:
+    field, sep, column = text.partition("=")
+    if not sep or not field or not column:
+        raise ValueError(f"--map takes FIELD=COLUMN pairs, not {text!r}")
+    return field, column
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from recfm.platform.data.synth import synthesize
+
+    start = time.perf_counter()
+    info = synthesize(Path(args.out), args.users, args.items, args.events, args.seed, args.clusters, progress=True)
+    print(f"wrote {info.events:,} events of {args.users:,} users on {info.items:,} items to {args.out} "
+          f"in {time.perf_counter() - start:.1f} s")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from recfm.platform.data.prepare import describe, prepare
+
+    actions = [a.strip() for a in args.actions.split(",")] if args.actions else None
+    start = time.perf_counter()
+    info = prepare(Path(args.dataset), Path(args.out), args.split, args.val_cutoff, args.test_cutoff, actions)
+    print(describe(info) + f" ({time.perf_counter() - start:.1f} s)")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    print(to_yaml(cfg), end="")
+    evaluate_baselines(cfg, Path(args.data) if args.data else None)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    print(to_yaml(cfg), end="")
+    evaluate_baselines(cfg)
+
+
+def evaluate_baselines(cfg: RecfmConfig, prepared: Path | None = None) -> Path:
+    """Prepares the data if needed, runs the baselines and writes the results table into a run directory."""
+    import torch
+
+    from recfm.platform.data.dataset import Sequences
+    from recfm.platform.data.pipeline import ensure_prepared
+    from recfm.platform.evaluation.harness import run_baselines
+    from recfm.platform.evaluation.report import write_results
+    from recfm.platform.rundir import create_run_dir
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    prepared = prepared or ensure_prepared(cfg.data)
+    seqs = Sequences.load(prepared)
+    e = cfg.eval
+    results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
+                                   e.knn_shrinks, e.batch_size, e.seed)
+    run_dir = create_run_dir(cfg)
+    print(write_results(run_dir, results, seqs.info, e.ks, notes))
+    print(f"results written to {run_dir}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())

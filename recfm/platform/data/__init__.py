@@ -1,0 +1,1 @@
+"""Data import, validation, synthetic data, and preparation into sequences and splits."""

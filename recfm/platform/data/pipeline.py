@@ -1,0 +1,76 @@
+"""From a data config to prepared sequences: import and prepare once, then reuse while nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from recfm.platform.config import DataConfig
+from recfm.platform.data.events import import_events
+from recfm.platform.data.importing import summary
+from recfm.platform.data.movielens import import_movielens
+from recfm.platform.data.prepare import PreparedInfo, describe, prepare
+from recfm.platform.data.schema import DatasetInfo
+from recfm.platform.data.sequences import import_sequences
+
+_IMPORT_KEYS = ("source", "format", "mode", "id_type", "mapping", "ts_unit", "items")
+_PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions")
+
+
+def import_source(cfg: DataConfig, out: Path) -> DatasetInfo:
+    """Runs the importer that `cfg.format` names."""
+    if cfg.format == "movielens":
+        return import_movielens(Path(cfg.source), out, cfg.mode)
+    if cfg.format == "sequences":
+        return import_sequences(Path(cfg.source), out, cfg.mode, cfg.id_type)
+    return import_events(Path(cfg.source), out, cfg.mode, dict(cfg.mapping), cfg.ts_unit, cfg.id_type,
+                         Path(cfg.items) if cfg.items else None)
+
+
+def ensure_prepared(cfg: DataConfig, log: Callable[[str], None] = print) -> Path:
+    """The prepared-data directory for `cfg`, importing and preparing only what is missing or stale."""
+    settings = asdict(cfg)
+    import_params = {k: settings[k] for k in _IMPORT_KEYS} | {"files": _fingerprint(cfg)}
+    prepare_params = {k: settings[k] for k in _PREPARE_KEYS}
+    base = Path(cfg.cache_dir) / f"{Path(cfg.source).name.split('.')[0]}-{_digest(import_params)}"
+    imported = base / "imported"
+    prepared = base / f"prepared-{_digest(prepare_params)}"
+    params = {"import": import_params, "prepare": prepare_params}
+    try:
+        if PreparedInfo.load(prepared).params == json.loads(json.dumps(params)):
+            return prepared
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        pass
+    try:
+        if DatasetInfo.load(imported).source != str(cfg.source):
+            raise FileNotFoundError
+        log(f"reusing the import in {imported}")
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        log(f"importing {cfg.source} ({cfg.format}, {cfg.mode})")
+        shutil.rmtree(imported, ignore_errors=True)
+        log(summary(import_source(cfg, imported)))
+    info = prepare(imported, prepared, cfg.split, cfg.val_cutoff, cfg.test_cutoff, cfg.actions)
+    info.params = params
+    info.save(prepared)
+    log(describe(info))
+    return prepared
+
+
+def _fingerprint(cfg: DataConfig) -> list:
+    """Name, size and modification time of every source file: a changed file invalidates the cache."""
+    paths = [Path(cfg.source)] + ([Path(cfg.items)] if cfg.items else [])
+    files = []
+    for path in paths:
+        for f in sorted(path.iterdir()) if path.is_dir() else [path]:
+            if f.is_file():
+                stat = f.stat()
+                files.append([str(f.resolve()), stat.st_size, stat.st_mtime_ns])
+    return files
+
+
+def _digest(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]

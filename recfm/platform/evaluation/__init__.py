@@ -1,0 +1,1 @@
+"""Full-ranking evaluation and the baselines every model is reported beside."""

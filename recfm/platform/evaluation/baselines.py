@@ -1,0 +1,113 @@
+"""The baselines every recfm figure stands beside: MostPop, EASE and item-kNN.
+
+Each is a `Scorer`: `fit(seqs, stage)` learns from the events known at that stage (see `Sequences`), and
+`score(users)` returns a [users, items] tensor. Hyperparameters are attributes that `tune` sets from a grid.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from recfm.platform.data.dataset import Sequences
+
+
+class Scorer(Protocol):
+    name: str
+
+    def fit(self, seqs: Sequences, stage: str) -> None: ...
+
+    def score(self, users: np.ndarray) -> torch.Tensor: ...
+
+    def params(self) -> dict: ...
+
+
+class MostPop:
+    """Every user gets the items with the most known interactions."""
+
+    name = "MostPop"
+
+    def fit(self, seqs: Sequences, stage: str) -> None:
+        self.counts = torch.from_numpy(seqs.item_counts(stage).astype(np.float32))
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        return self.counts.expand(len(users), -1)
+
+    def params(self) -> dict:
+        return {}
+
+
+class _ItemItem:
+    """Shared by the item-item models: scores are the user's 0/1 history times an item-item matrix."""
+
+    def _history(self, seqs: Sequences, stage: str) -> sp.csr_matrix:
+        key = (id(seqs), stage)
+        if getattr(self, "_history_key", None) != key:
+            self._history_key, self._history_x = key, seqs.history_matrix(stage)
+            self._gram = None
+        return self._history_x
+
+    def _gram_matrix(self) -> torch.Tensor:
+        """XᵀX as a dense float32 tensor (exact: counts below 2^24), once per stage, shared by the grid."""
+        if self._gram is None:
+            x = self._history_x
+            # row-major matters: scipy hands back Fortran order, and a column-major weight matrix makes the
+            # embedding bag in `score` 60x slower
+            self._gram = torch.from_numpy(np.ascontiguousarray((x.T @ x).toarray(), dtype=np.float32))
+        return self._gram
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        # the sum of the weight rows of each user's history items: an embedding bag, 4x faster than scipy
+        rows = self._history_x[users]
+        return F.embedding_bag(torch.from_numpy(rows.indices.astype(np.int64)), self.weights,
+                               torch.from_numpy(rows.indptr[:-1].astype(np.int64)), mode="sum")
+
+
+class EASE(_ItemItem):
+    """Embarrassingly Shallow Autoencoder (Steck, 2019): B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹."""
+
+    name = "EASE"
+
+    def __init__(self, lam: float = 200.0):
+        self.lam = lam
+
+    def fit(self, seqs: Sequences, stage: str) -> None:
+        self._history(seqs, stage)
+        # float32 Cholesky halves the time of float64 and is accurate to ~1e-6 relative here: G + λI is
+        # well conditioned (its smallest eigenvalue is at least λ). Cholesky + inverse beats linalg.inv 2.5x.
+        a = self._gram_matrix().clone()
+        a.diagonal().add_(self.lam)
+        p = torch.cholesky_inverse(torch.linalg.cholesky(a))
+        del a
+        p.div_(-torch.diagonal(p).clone()[None, :])
+        p.fill_diagonal_(0.0)
+        self.weights = p.contiguous()
+
+    def params(self) -> dict:
+        return {"lambda": self.lam}
+
+
+class ItemKNN(_ItemItem):
+    """Item-based kNN on co-occurrence: cosine similarity with shrinkage, k nearest neighbours per item."""
+
+    name = "ItemKNN"
+
+    def __init__(self, k: int = 100, shrink: float = 10.0):
+        self.k, self.shrink = k, shrink
+
+    def fit(self, seqs: Sequences, stage: str) -> None:
+        self._history(seqs, stage)
+        gram = self._gram_matrix()
+        norms = torch.sqrt(torch.diagonal(gram))
+        sim = gram / (norms[:, None] * norms[None, :] + self.shrink + 1e-12)
+        sim.fill_diagonal_(0.0)
+        k = min(self.k, sim.shape[0] - 1)
+        top = sim.topk(k, dim=0)  # for each target item j, its k most similar items i; the rest count 0
+        self.weights = torch.zeros_like(sim).scatter_(0, top.indices, top.values)
+
+    def params(self) -> dict:
+        return {"k": self.k, "shrink": self.shrink}

@@ -1,0 +1,56 @@
+"""The results table: every model beside the baselines, as markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from recfm.platform.data.prepare import PreparedInfo
+from recfm.platform.evaluation.harness import ModelResult
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def markdown_table(results: list[ModelResult], ks: list[int]) -> str:
+    columns = [f"{m}@{k}" for k in sorted(ks) for m in ("HR", "NDCG")] + ["MRR", "coverage@10", "pop_pct@10"]
+    head = "| model | " + " | ".join(columns) + " | chosen on validation |"
+    rule = "|---|" + "---:|" * len(columns) + "---|"
+    rows = [head, rule]
+    for r in results:
+        values = " | ".join(_fmt(c, r.metrics[c]) for c in columns)
+        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+        rows.append(f"| {r.name} | {values} | {params or '-'} |")
+    return "\n".join(rows)
+
+
+def _fmt(column: str, value: float) -> str:
+    return f"{value:.1f}" if column == "pop_pct@10" else f"{value:.4f}"
+
+
+def protocol_line(info: PreparedInfo, users: int) -> str:
+    split = "leave-one-out" if info.split == "loo" else "global time cutoff"
+    return (f"{info.source}: {split}, full ranking over {info.items:,} items (history excluded), "
+            f"{users:,} test users; coverage@10 = share of the catalog in any top-10, pop_pct@10 = mean "
+            f"popularity percentile of recommended items (100 = most popular)")
+
+
+def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks: list[int],
+                  notes: list[str] | None = None) -> str:
+    """Writes results.json and results.md into `out`; returns the markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    users = int(results[0].metrics["users"]) if results else 0
+    text = markdown_table(results, ks) + "\n\n" + protocol_line(info, users) + "\n"
+    text += "".join(f"\nNote: {n}\n" for n in notes or [])
+    (out / RESULTS_MD).write_text(text)
+    payload = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": asdict(info) | {"params": None},
+        "models": [{k: v for k, v in asdict(r).items() if k != "ranks"} for r in results],
+        "notes": notes or [],
+    }
+    (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2) + "\n")
+    return text

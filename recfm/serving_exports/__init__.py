@@ -1,0 +1,1 @@
+"""Distillation, export, and the embedding store with its push."""
