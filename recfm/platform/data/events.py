@@ -42,7 +42,7 @@ def import_events(source: Path, out: Path, mode: str = "strict", mapping: dict[s
     out = prepare_output(out)
     ledger = ImportLedger(out, mode)
 
-    parts = [EventPart(path.name, _read_events(path, column, ts_unit, id_type, ledger)) for path in files]
+    parts = [EventPart(str(path), _read_events(path, column, ts_unit, id_type, ledger)) for path in files]
     parts = [p for p in parts if len(p.frame)]
     catalog = None
     if items is not None:
@@ -90,7 +90,7 @@ def _read_events(path: Path, column: dict[str, str], ts_unit: str, id_type: str,
     required = [column["user_id"], column["item_id"], column["ts"]]
     frames = []
     for chunk in _chunks(path, required):
-        batch = Batch(path.name, chunk, ledger)
+        batch = Batch(str(path), chunk, ledger)
         present = set(batch.frame.columns)
         batch.ids(column["user_id"], id_type)
         batch.ids(column["item_id"], id_type)
@@ -119,7 +119,7 @@ def _read_events(path: Path, column: dict[str, str], ts_unit: str, id_type: str,
 def _read_items(path: Path, id_type: str, ledger: ImportLedger) -> pd.DataFrame:
     frames = []
     for chunk in _chunks(path, ["item_id"]):
-        batch = Batch(path.name, chunk, ledger)
+        batch = Batch(str(path), chunk, ledger)
         batch.ids("item_id", id_type)
         for name in ("title", "genres", "tags"):
             if name in batch.frame:
@@ -129,7 +129,7 @@ def _read_items(path: Path, id_type: str, ledger: ImportLedger) -> pd.DataFrame:
         frames.append(batch.finish())
     items = pd.concat(frames) if frames else pd.DataFrame({"item_id": []})
     repeated = items["item_id"].duplicated().to_numpy()
-    ledger.refuse(path.name, items.index.to_numpy()[repeated], "item_id", "item listed twice",
+    ledger.refuse(str(path), items.index.to_numpy()[repeated], "item_id", "item listed twice",
                   items["item_id"][repeated].tolist())
     items = items[~repeated].reset_index(drop=True)
     for name in ("genres", "tags"):  # lists in Parquet, `|`-separated in CSV

@@ -76,7 +76,7 @@ def import_movielens(source: Path, out: Path, mode: str = "strict") -> DatasetIn
 def _read_ratings(path: Path, ledger: ImportLedger) -> EventPart:
     frames = []
     for chunk in _chunks(path, "ratings"):
-        batch = Batch(path.name, chunk, ledger)
+        batch = Batch(str(path), chunk, ledger)
         batch.ids("userId", "int")
         batch.ids("movieId", "int")
         batch.numbers("rating", 0.5, 5.0)
@@ -88,13 +88,13 @@ def _read_ratings(path: Path, ledger: ImportLedger) -> EventPart:
             "action": np.where(rating >= 4.0, "like", np.where(rating <= 2.0, "dislike", "rate")),
             "surface": "rating", "value": rating,
         }, index=f.index))
-    return EventPart(path.name, _concat(frames, path))
+    return EventPart(str(path), _concat(frames, path))
 
 
 def _read_tags(path: Path, ledger: ImportLedger) -> EventPart:
     frames = []
     for chunk in _chunks(path, "tags"):
-        batch = Batch(path.name, chunk, ledger)
+        batch = Batch(str(path), chunk, ledger)
         batch.ids("userId", "int")
         batch.ids("movieId", "int")
         batch.text("tag", required=True)
@@ -104,20 +104,20 @@ def _read_tags(path: Path, ledger: ImportLedger) -> EventPart:
             "user_id": f["userId"], "item_id": f["movieId"], "ts": f["timestamp"], "action": "tag",
             "surface": "tagging", "query": f["tag"],
         }, index=f.index))
-    return EventPart(path.name, _concat(frames, path, allow_empty=True))
+    return EventPart(str(path), _concat(frames, path, allow_empty=True))
 
 
 def _read_movies(path: Path, ledger: ImportLedger) -> pd.DataFrame:
     frames = []
     for chunk in _chunks(path, "movies"):
-        batch = Batch(path.name, chunk, ledger)
+        batch = Batch(str(path), chunk, ledger)
         batch.ids("movieId", "int")
         batch.text("title", required=True)
         batch.text("genres")
         frames.append(batch.finish())
     movies = _concat(frames, path)
     repeated = movies["movieId"].duplicated().to_numpy()
-    ledger.refuse(path.name, movies.index.to_numpy()[repeated], "movieId", "movie listed twice",
+    ledger.refuse(str(path), movies.index.to_numpy()[repeated], "movieId", "movie listed twice",
                   movies["movieId"][repeated].tolist())
     movies = movies[~repeated]
     year = movies["title"].str.extract(_YEAR)[0]

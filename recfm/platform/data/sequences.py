@@ -31,7 +31,7 @@ def import_sequences(source: Path, out: Path, mode: str = "strict", id_type: str
         raise ValueError(f"id_type must be 'int' or 'str', not {id_type!r}")
     out = prepare_output(out)
     ledger = ImportLedger(out, mode)
-    name = source.name
+    name = str(source)
     frames = []
     for chunk in read_split_lines(source, None, None):
         batch = Batch(name, _first_and_rest(chunk), ledger)

@@ -1,0 +1,113 @@
+"""Batches of user sequences for the model: training windows with their targets, or inference histories.
+
+Input is per-user arrays (`UserRows`: one array per event column per user), which both an in-memory
+dataset and Ray Data batches provide. Output keeps events jagged: flat facet ids plus per-user lengths, the
+form a KeyedJaggedTensor takes. Targets are padded [users, max length, K] with -1 where there is none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recfm.fm.tokens import EventTokenizer
+
+UserRows = dict[str, list[np.ndarray]]  # column -> one array per user (item, ts, value, facets...)
+
+
+@dataclass
+class SequenceBatch:
+    features: dict[str, torch.Tensor]  # facet -> int64 ids of every event, users one after another
+    lengths: torch.Tensor  # int64 [users]
+    targets: torch.Tensor | None = None  # int64 [users, T, K]: item at offset k+1 after each position, or -1
+    next_action: torch.Tensor | None = None  # int64 [users, T]: action id of the next event, or -1
+    next_gap: torch.Tensor | None = None  # int64 [users, T]: gap bucket of the next event, or -1
+
+    @property
+    def size(self) -> int:
+        return len(self.lengths)
+
+
+def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int, mtp: int,
+                   rng: np.random.Generator, last_window_prob: float = 0.5) -> SequenceBatch:
+    """One window per user from its first `known[u]` events: inputs are up to `max_len` events, and each input
+    is trained to predict the next `mtp` items.
+
+    A history longer than max_len + 1 gives its most recent window with probability `last_window_prob` (the one
+    scored at test time) and otherwise a uniformly random earlier one, so every epoch sees other windows.
+    """
+    spans = []
+    for n in known:
+        n = int(n)
+        if n <= max_len + 1 or rng.random() < last_window_prob:
+            spans.append((max(0, n - max_len - 1), n))
+        else:
+            start = int(rng.integers(0, n - max_len - 1))
+            spans.append((start, start + max_len + 1))
+    tokens, lengths = _tokens(rows, spans, tokenizer)
+    window = np.maximum(lengths - 1, 0)  # the last event of a window is only a target
+    keep = _first_of_each(lengths, window)
+    features = {name: torch.from_numpy(ids[keep]) for name, ids in tokens.items()}
+
+    users, width = len(spans), max(int(window.max(initial=0)), 1)
+    items = _padded(tokens["item"], lengths, width + mtp)
+    targets = np.full((users, width, mtp), -1, dtype=np.int64)
+    valid = np.arange(width + mtp)[None, :] < lengths[:, None]
+    for k in range(1, mtp + 1):
+        shifted = np.where(valid[:, k:k + width], items[:, k:k + width], -1)
+        in_window = np.arange(width)[None, :] < window[:, None]
+        targets[:, :, k - 1] = np.where(in_window, shifted, -1)
+    batch = SequenceBatch(features, torch.from_numpy(window), torch.from_numpy(targets))
+    for name, attr in (("action", "next_action"), ("gap", "next_gap")):
+        if name in tokens:
+            nxt = _padded(tokens[name], lengths, width + 1)[:, 1:width + 1]
+            in_window = np.arange(width)[None, :] < window[:, None]
+            setattr(batch, attr, torch.from_numpy(np.where(in_window, nxt, -1)))
+    return batch
+
+
+def inference_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int) -> SequenceBatch:
+    """The last `max_len` of each user's first `known[u]` events (the previous one too, for its gap)."""
+    spans = [(max(0, int(n) - max_len - 1), int(n)) for n in known]
+    tokens, lengths = _tokens(rows, spans, tokenizer)
+    kept = np.minimum(lengths, max_len)
+    keep = _last_of_each(lengths, kept)
+    return SequenceBatch({name: torch.from_numpy(ids[keep]) for name, ids in tokens.items()},
+                         torch.from_numpy(kept))
+
+
+def _tokens(rows: UserRows, spans: list[tuple[int, int]],
+            tokenizer: EventTokenizer) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    lengths = np.array([b - a for a, b in spans], dtype=np.int64)
+    needed = {"item", "ts", "value"} | {n for n in tokenizer.names if n in rows}
+    events = {c: np.concatenate([rows[c][u][a:b] for u, (a, b) in enumerate(spans)]) if spans else np.zeros(0)
+              for c in needed if c in rows}
+    return tokenizer.tokenize(events, lengths), lengths
+
+
+def _first_of_each(lengths: np.ndarray, take: np.ndarray) -> np.ndarray:
+    """Mask over concatenated sequences keeping the first `take[u]` events of each."""
+    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return position < np.repeat(take, lengths)
+
+
+def _last_of_each(lengths: np.ndarray, take: np.ndarray) -> np.ndarray:
+    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return position >= np.repeat(lengths - take, lengths)
+
+
+def _padded(flat: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """[users, width] with each user's values from the left, -1 after."""
+    out = np.full((len(lengths), width), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    inside = cols < width
+    out[rows[inside], cols[inside]] = flat[inside]
+    return out
+
+
+def rows_from_arrays(offsets: np.ndarray, events: dict[str, np.ndarray], users: np.ndarray) -> UserRows:
+    """Per-user views into flat in-memory arrays (no copies)."""
+    return {name: [col[offsets[u]:offsets[u + 1]] for u in users] for name, col in events.items()}

@@ -1,0 +1,93 @@
+"""The foundation model's typed configuration: architecture, objectives, and sharding of its tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TIME_FACETS = ("hour", "day", "gap")
+COMBINE = ("sum", "concat")
+POSITIONS = ("learned", "rope")
+USER_REPR = ("last", "layer_mean")
+LOSSES = ("full", "sampled")
+SHARDING_TYPES = ("row_wise", "table_wise", "column_wise")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adam")
+
+
+class ModelConfigError(ValueError):
+    """An invalid model setting; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.2
+    max_len: int = 50  # training window; longer histories are sampled as sliding windows
+    window: int = 0  # sliding-window attention span (0 = full causal attention)
+    positions: str = "learned"  # learned | rope
+    combine: str = "sum"  # how facet embeddings merge into one token: sum | concat (then project)
+    # facets used as token inputs; "all" = item + every categorical facet in the data + hour, day, gap (when the
+    # data has real time) + engagement (when it has values). "item" alone gives an ID-only model.
+    facets: list[str] = field(default_factory=lambda: ["all"])
+    engagement_buckets: int = 8  # value quantile buckets for the engagement facet
+    gap_buckets: int = 32  # log2-spaced buckets of seconds since the previous event
+    user_repr: str = "last"  # last hidden state, or its mean over layers
+    item_init_std: float = 0.02
+
+    def validate(self) -> None:
+        if self.dim % self.heads:
+            raise ModelConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        if self.positions == "rope" and (self.dim // self.heads) % 2:
+            raise ModelConfigError("model.positions=rope needs an even head dimension")
+        for key, value, allowed in (("model.combine", self.combine, COMBINE),
+                                    ("model.positions", self.positions, POSITIONS),
+                                    ("model.user_repr", self.user_repr, USER_REPR)):
+            if value not in allowed:
+                raise ModelConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.max_len < 2 or self.layers < 1 or self.window < 0 or not 0 <= self.dropout < 1:
+            raise ModelConfigError("model: max_len >= 2, layers >= 1, window >= 0, 0 <= dropout < 1")
+        if "item" not in self.facets and "all" not in self.facets:
+            raise ModelConfigError("model.facets must include item (or be [all])")
+
+
+@dataclass
+class ObjectiveConfig:
+    loss: str = "full"  # full softmax over the catalog, or sampled softmax (in-batch + uniform negatives)
+    negatives: int = 1024  # uniform negatives per step for the sampled softmax
+    logq: bool = True  # correct sampled logits by log sampling probability
+    mtp: int = 1  # multi-token prediction: predict the next K items
+    mtp_weights: list[float] = field(default_factory=list)  # per offset; default 1, 1/2, 1/3, ...
+    action_weight: float = 0.0  # auxiliary: next action
+    gap_weight: float = 0.0  # auxiliary: next gap bucket
+    temperature: float = 1.0
+
+    def offset_weights(self) -> list[float]:
+        return list(self.mtp_weights) or [1.0 / k for k in range(1, self.mtp + 1)]
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ModelConfigError(f"objective.loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.mtp < 1:
+            raise ModelConfigError("objective.mtp must be at least 1")
+        if self.mtp_weights and len(self.mtp_weights) != self.mtp:
+            raise ModelConfigError(f"objective.mtp_weights needs {self.mtp} weights, got {len(self.mtp_weights)}")
+        if self.negatives < 1 or self.temperature <= 0:
+            raise ModelConfigError("objective: negatives >= 1 and temperature > 0")
+
+
+@dataclass
+class ShardingConfig:
+    item: str = "row_wise"  # sharding type of the item table
+    other: str = "table_wise"  # of every other facet table
+    sparse_optimizer: str = "rowwise_adagrad"  # fused into the backward pass: rowwise_adagrad | adam
+    sparse_lr: float = 0.05
+
+    def validate(self) -> None:
+        for key, value in (("sharding.item", self.item), ("sharding.other", self.other)):
+            if value not in SHARDING_TYPES:
+                raise ModelConfigError(f"{key} must be one of {', '.join(SHARDING_TYPES)} (data_parallel does "
+                                       f"not run for EmbeddingCollection on CPU), not {value!r}")
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ModelConfigError(f"sharding.sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")

@@ -1,0 +1,125 @@
+"""The user foundation model.
+
+    events --EventTokenizer--> one id per facet per event
+           --EmbeddingCollection (one TorchRec table per facet)--> facet embeddings
+           --sum, or concat + project; LayerNorm; dropout--> one token per event
+           --causal Transformer--> hidden states; the user representation is the last one
+           --per-offset query heads--> scores against item embeddings (next item, item after, ...)
+
+The item table also serves the feature "candidate": the items a step scores are looked up through the same
+(sharded) table as the history, so the output layer is tied to the input embeddings and no rank ever needs
+the whole table. The model knows nothing of processes: `recfm.fm.distributed` shards it after it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+
+from recfm.fm.batching import SequenceBatch
+from recfm.fm.config import ModelConfig
+from recfm.fm.tokens import EventTokenizer
+from recfm.fm.transformer import Transformer
+
+CANDIDATE = "candidate"
+
+
+def table_name(facet: str) -> str:
+    return f"t_{facet}"
+
+
+@dataclass
+class ModelOutput:
+    hidden: torch.Tensor  # [B, T, D] final hidden states, right-padded
+    user: torch.Tensor  # [B, D] the user representation
+    candidate_emb: torch.Tensor | None  # [C, D] embeddings of the candidate items, if any were given
+
+
+class UserFoundationModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer: EventTokenizer, mtp: int = 1, action_head: bool = False,
+                 gap_head: bool = False, device: torch.device | None = None):
+        super().__init__()
+        self.cfg, self.tokenizer, self.mtp = cfg, tokenizer, mtp
+        self.facets = tokenizer.names
+        self.n_items = next(f.size for f in tokenizer.facets if f.name == "item")
+        tables = [EmbeddingConfig(name=table_name(f.name), embedding_dim=cfg.dim, num_embeddings=f.size,
+                                  feature_names=[f.name, CANDIDATE] if f.name == "item" else [f.name],
+                                  init_fn=_normal_init(cfg.item_init_std))
+                  for f in tokenizer.facets]
+        self.embeddings = EmbeddingCollection(tables=tables, device=device or torch.device("cpu"))
+        self.project = nn.Linear(len(self.facets) * cfg.dim, cfg.dim) if cfg.combine == "concat" else None
+        self.token_norm = nn.LayerNorm(cfg.dim)
+        self.token_dropout = nn.Dropout(cfg.dropout)
+        self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.max_len,
+                                       cfg.positions, cfg.window)
+        # offset 1 scores the hidden state directly (as SASRec does); offset k > 1 adds a learned residual map
+        self.offset_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim) for _ in range(mtp - 1))
+        for head in self.offset_heads:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        # auxiliary facet targets exist only when trained (DDP refuses parameters that get no gradient)
+        sizes = {f.name: f.size for f in tokenizer.facets}
+        self.action_head = nn.Linear(cfg.dim, sizes["action"]) if action_head and "action" in sizes else None
+        self.gap_head = nn.Linear(cfg.dim, sizes["gap"]) if gap_head and "gap" in sizes else None
+
+    def forward(self, batch: SequenceBatch, candidates: torch.Tensor | None = None) -> ModelOutput:
+        embedded = self.embeddings(self._features(batch, candidates))
+        per_facet = [embedded[name].values() for name in self.facets]
+        if self.project is not None:
+            tokens = self.project(torch.cat(per_facet, dim=-1))
+        else:
+            tokens = torch.stack(per_facet).sum(0)
+        tokens = self.token_dropout(self.token_norm(tokens))
+        x = _pad(tokens, batch.lengths, max(int(batch.lengths.max()), 1) if batch.size else 1)
+        hidden, layers = self.transformer(x, batch.lengths)
+        last = (batch.lengths - 1).clamp(min=0)
+        rows = torch.arange(batch.size)
+        if self.cfg.user_repr == "layer_mean":
+            user = self.transformer.norm(torch.stack([h[rows, last] for h in layers]).mean(0))
+        else:
+            user = hidden[rows, last]
+        cand = embedded[CANDIDATE].values() if candidates is not None else None
+        return ModelOutput(hidden, user, cand)
+
+    def query(self, hidden: torch.Tensor, offset: int) -> torch.Tensor:
+        """The vector scored against item embeddings to predict the item `offset` steps ahead."""
+        return hidden if offset == 1 else hidden + self.offset_heads[offset - 2](hidden)
+
+    def _features(self, batch: SequenceBatch, candidates: torch.Tensor | None) -> KeyedJaggedTensor:
+        """One KJT: every facet jagged by sequence length, plus the candidates, all in the first bag."""
+        cand = candidates if candidates is not None else torch.zeros(0, dtype=torch.int64)
+        cand_lengths = torch.zeros(batch.size, dtype=torch.int64)
+        if batch.size:
+            cand_lengths[0] = len(cand)
+        values = torch.cat([batch.features[name] for name in self.facets] + [cand])
+        lengths = torch.cat([batch.lengths.to(torch.int64)] * len(self.facets) + [cand_lengths])
+        return KeyedJaggedTensor(keys=[*self.facets, CANDIDATE], values=values, lengths=lengths)
+
+    def item_table(self) -> torch.Tensor:
+        """The whole item embedding table, for scoring the catalog (unsharded model only)."""
+        return self.embeddings.embeddings[table_name("item")].weight
+
+    def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
+        """Scores of every catalog item for each user in `batch` [B, items] (unsharded model only)."""
+        out = self(batch)
+        return self.query(out.user, offset) @ self.item_table().T
+
+
+def _pad(flat: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Jagged [N, D] (users one after another) to right-padded [B, width, D]."""
+    b, d = len(lengths), flat.shape[-1]
+    starts = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(len(flat)) - torch.repeat_interleave(starts, lengths)
+    index = torch.repeat_interleave(torch.arange(b), lengths) * width + position
+    return torch.zeros(b * width, d, dtype=flat.dtype).index_copy(0, index, flat).view(b, width, d)
+
+
+def _normal_init(std: float):
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return weight.normal_(0.0, std)
+
+    return init

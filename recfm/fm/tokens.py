@@ -1,0 +1,93 @@
+"""Event tokens: each event becomes one id per facet, and the facets' embeddings are summed into one token.
+
+Facets come from the prepared data (`item`, and the categorical columns `action`, `surface`, `device`, any
+extra ones, coded 0 = missing) or are derived here from `ts` and `value`:
+
+    hour        hour of day (UTC), 24 ids
+    day         day of week, Monday = 0, 7 ids
+    gap         log2 bucket of seconds since the user's previous event; 0 = no previous event
+    engagement  quantile bucket of `value` (rating, watch seconds) fitted on training events; 0 = missing
+
+Gaps need the previous event, so tokenize whole (prefix) sequences first and cut windows afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DERIVED = ("hour", "day", "gap", "engagement")
+_SECONDS_PER_DAY = 86_400
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
+
+
+@dataclass(frozen=True)
+class Facet:
+    name: str
+    size: int  # number of ids, i.e. rows of its embedding table
+
+
+@dataclass
+class EventTokenizer:
+    facets: list[Facet]
+    gap_buckets: int = 32
+    value_edges: list[float] | None = None  # engagement bucket edges (quantiles of training values)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.facets]
+
+    @classmethod
+    def from_data(cls, wanted: list[str], n_items: int, vocab: dict[str, list], has_time: bool,
+                  train_values: np.ndarray, gap_buckets: int = 32, engagement_buckets: int = 8) -> EventTokenizer:
+        """Facets for `wanted` (["all"] = every informative one) given what the data holds."""
+        values = train_values[np.isfinite(train_values)]
+        available = {"item": n_items}
+        available |= {name: len(codes) for name, codes in vocab.items() if len(codes) > 2 or "all" not in wanted}
+        if has_time:
+            available |= {"hour": 24, "day": 7, "gap": gap_buckets}
+        edges = None
+        if len(values) and len(np.unique(values)) > 1:
+            edges = np.unique(np.quantile(values, np.linspace(0, 1, engagement_buckets + 1)[1:-1])).tolist()
+            available["engagement"] = len(edges) + 2  # 0 = missing, then len(edges) + 1 buckets
+        names = list(available) if "all" in wanted else list(wanted)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(f"model.facets names {missing}, which this data does not have "
+                             f"(available: {', '.join(available)})")
+        return cls([Facet(n, available[n]) for n in names], gap_buckets, edges)
+
+    def tokenize(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Facet ids (int64) for flat per-event arrays of consecutive sequences with the given lengths."""
+        out = {}
+        for facet in self.facets:
+            ids = getattr(self, f"_{facet.name}")(events, lengths) if facet.name in DERIVED else events[facet.name]
+            out[facet.name] = np.asarray(ids, dtype=np.int64)
+        return out
+
+    def _hour(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        return (events["ts"] // 3600) % 24
+
+    def _day(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        return (events["ts"] // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
+
+    def _gap(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        ts = events["ts"]
+        gap = np.diff(ts, prepend=ts[:1]).astype(np.float64)
+        buckets = 1 + np.minimum(np.floor(np.log2(np.maximum(gap, 0) + 1)), self.gap_buckets - 2)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        buckets[starts[lengths > 0]] = 0  # a sequence's first event has no previous one
+        return buckets
+
+    def _engagement(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        value = events["value"]
+        ids = 1 + np.searchsorted(np.asarray(self.value_edges), value, side="right")
+        return np.where(np.isfinite(value), ids, 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EventTokenizer:
+        return cls([Facet(**f) for f in raw["facets"]], raw["gap_buckets"], raw["value_edges"])

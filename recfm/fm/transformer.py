@@ -1,0 +1,107 @@
+"""A causal pre-norm transformer over right-padded token sequences (nanoGPT-style, read top to bottom).
+
+Right padding needs no key mask under causal attention: a real token only sees earlier positions, which
+are real too; what padded positions compute is never read. A sliding window limits each token to the
+previous `window` tokens, which keeps attention cost linear in sequence length for long histories.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RotaryPositions(nn.Module):
+    """Rotary position embedding (Su et al., 2021) applied to queries and keys."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10_000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(max_len).float(), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, H, T, D]
+        t = x.shape[-2]
+        cos, sin = self.cos[:t].to(x.dtype), self.sin[:t].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, rope: RotaryPositions | None):
+        super().__init__()
+        self.heads, self.dropout, self.rope = heads, dropout, rope
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.out_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, rope: RotaryPositions | None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout, rope)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.ffn(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Returns the final normed hidden states [B, T, D], and each layer's (for a layer-mean user vector)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, ffn_mult: int, dropout: float, max_len: int,
+                 positions: str = "learned", window: int = 0):
+        super().__init__()
+        rope = RotaryPositions(dim // heads, max_len) if positions == "rope" else None
+        self.positions = nn.Embedding(max_len, dim) if positions == "learned" else None
+        self.window = window
+        self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, rope) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.apply(_init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("out.weight", "ffn.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * layers))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b, t, _ = x.shape
+        if self.positions is not None:
+            # count positions back from each sequence's last token, as left padding would: the token the user
+            # vector is read from always has position 0
+            recency = (lengths[:, None] - 1 - torch.arange(t, device=x.device)[None, :]).clamp(min=0)
+            x = x + self.positions(recency)
+        mask = self._window_mask(t, x.device) if self.window and self.window < t else None
+        layers = []
+        for block in self.blocks:
+            x = block(x, mask)
+            layers.append(x)
+        return self.norm(x), layers
+
+    def _window_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        i = torch.arange(t, device=device)
+        distance = i[:, None] - i[None, :]
+        return (distance >= 0) & (distance < self.window)
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

@@ -1,0 +1,93 @@
+"""Sequences and splits: stable order on equal timestamps, leave-one-out and time cutoffs, dense ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_movielens
+
+from recfm.platform.data.dataset import Sequences
+from recfm.platform.data.errors import DataError
+from recfm.platform.data.movielens import import_movielens
+from recfm.platform.data.prepare import prepare
+from recfm.platform.data.sequences import import_sequences
+
+# user 7 rates three movies at the same second, in file order 3, 1, 2; then one more later
+TIED = ("userId,movieId,rating,timestamp\n"
+        "7,3,4.0,100\n7,1,4.0,100\n5,1,3.0,50\n7,2,4.0,100\n7,1,5.0,90\n5,2,2.0,60\n5,3,1.0,70\n")
+MOVIES = "movieId,title,genres\n1,A (2000),Drama\n2,B (2001),Comedy\n3,C (2002),Drama\n"
+
+
+def test_ties_keep_file_order_and_ids_are_dense(tmp_path):
+    root = write_movielens(tmp_path / "ml", ratings=TIED.replace("7,1,5.0,90\n", ""), movies=MOVIES, tags=None)
+    import_movielens(root, tmp_path / "imp")
+    info = prepare(tmp_path / "imp", tmp_path / "prep")
+    seqs = Sequences.load(tmp_path / "prep")
+    users = pq.read_table(tmp_path / "prep" / "users.parquet").to_pydict()
+    items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pydict()
+    assert users["user_id"] == [5, 7] and items["item_id"] == [1, 2, 3] and items["title"] == ["A", "B", "C"]
+    user7 = seqs.events["item"][seqs.offsets[1]:seqs.offsets[2]]
+    assert [items["item_id"][i] for i in user7] == [3, 1, 2]  # file order among equal timestamps
+    assert (info.users, info.items, info.events) == (2, 3, 6)
+
+
+def test_leave_one_out_targets_and_short_users(tmp_path):
+    path = tmp_path / "seq.txt"
+    path.write_text("1 10 11 12 13\n2 20 21\n3 30 31 32\n")
+    import_sequences(path, tmp_path / "imp")
+    info = prepare(tmp_path / "imp", tmp_path / "prep")
+    seqs = Sequences.load(tmp_path / "prep")
+    assert info.users_without_targets == 1  # user 2 has two events
+    assert info.val_users == info.test_users == 2
+    test_users = seqs.eval_users("test")
+    item_ids = pq.read_table(tmp_path / "prep" / "items.parquet")["item_id"].to_pylist()
+    assert [item_ids[i] for i in seqs.targets("test", test_users)] == [13, 32]
+    assert [item_ids[i] for i in seqs.targets("val", seqs.eval_users("val"))] == [12, 31]
+    # validation history stops before the validation target; the test history includes it
+    val_hist = seqs.history_matrix("val")[test_users[0]].indices
+    test_hist = seqs.history_matrix("test")[test_users[0]].indices
+    assert sorted(item_ids[i] for i in val_hist) == [10, 11]
+    assert sorted(item_ids[i] for i in test_hist) == [10, 11, 12]
+
+
+def test_time_split_uses_first_event_after_each_cutoff(tmp_path):
+    root = write_movielens(tmp_path / "ml", ratings=TIED, movies=MOVIES, tags=None)
+    import_movielens(root, tmp_path / "imp")
+    prepare(tmp_path / "imp", tmp_path / "prep", split="time", val_cutoff=65, test_cutoff=95)
+    seqs = Sequences.load(tmp_path / "prep")
+    # user 5 (index 0): ts 50, 60 | 70 -> validation target is its ts-70 event; no event after 95
+    # user 7 (index 1): ts 90 | 100, 100, 100 -> no event before 65, so no validation target; test target 3
+    assert list(seqs.eval_users("val")) == [0] and list(seqs.eval_users("test")) == [1]
+    assert list(seqs.n_train) == [2, 0] and list(seqs.n_fit) == [3, 1]
+
+
+def test_time_split_needs_timestamps(tmp_path):
+    path = tmp_path / "seq.txt"
+    path.write_text("1 10 11 12\n")
+    import_sequences(path, tmp_path / "imp")
+    with pytest.raises(DataError, match="needs real timestamps"):
+        prepare(tmp_path / "imp", tmp_path / "prep", split="time")
+
+
+def test_context_events_and_facet_vocab(tmp_path):
+    import_movielens(write_movielens(tmp_path / "ml"), tmp_path / "imp")
+    info = prepare(tmp_path / "imp", tmp_path / "prep")
+    seqs = Sequences.load(tmp_path / "prep")
+    assert info.context_events == 2  # the tag applications are not interactions
+    context = pq.read_table(tmp_path / "prep" / "context_events.parquet").to_pydict()
+    assert context["query"] == ["pixar", "balloons"] and min(context["item"]) >= 0
+    actions = [seqs.vocab["action"][c] for c in seqs.events["action"]]
+    assert set(actions) == {"like", "rate", "dislike"} and seqs.vocab["action"][0] is None
+    assert np.all(np.diff(seqs.events["ts"][seqs.offsets[0]:seqs.offsets[1]]) >= 0)
+
+
+def test_synthetic_data_prepares_and_keeps_every_event(tmp_path):
+    from recfm.platform.data.synth import synthesize
+
+    synthesize(tmp_path / "syn", users=300, items=100, events=6000, seed=3)
+    info = prepare(tmp_path / "syn", tmp_path / "prep", users_per_shard=128)
+    seqs = Sequences.load(tmp_path / "prep")
+    assert info.events == 6000 and seqs.n_users == 300 and len(list((tmp_path / "prep" / "sequences").iterdir())) == 3
+    assert set(info.facets) == {"action", "surface", "device"}
+    assert info.test_users == 300
