@@ -13,7 +13,7 @@ the whole table. The model knows nothing of processes: `recfm.fm.distributed` sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -123,3 +123,15 @@ def _normal_init(std: float):
             return weight.normal_(0.0, std)
 
     return init
+
+
+def model_spec(cfg: ModelConfig, tokenizer: EventTokenizer, mtp: int, action_head: bool, gap_head: bool) -> dict:
+    """Everything needed to rebuild the same model elsewhere (a worker, an evaluator, an exporter)."""
+    return {"model": asdict(cfg), "tokenizer": tokenizer.to_dict(), "mtp": mtp, "action_head": action_head,
+            "gap_head": gap_head}
+
+
+def build_model(spec: dict, device: torch.device | None = None) -> UserFoundationModel:
+    """The model a `model_spec` describes; `device` is where its tables live ("meta" before sharding)."""
+    return UserFoundationModel(ModelConfig(**spec["model"]), EventTokenizer.from_dict(spec["tokenizer"]),
+                               spec["mtp"], spec["action_head"], spec["gap_head"], device)

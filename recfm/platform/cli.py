@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.run(args) or 0
-    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
+    except (DataError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"recfm: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(ev)
     ev.add_argument("--data", help="a prepared directory to use instead of the config's data section")
     ev.set_defaults(run=_eval)
+
+    tr = commands.add_parser("train", help="train the foundation model on Ray and test it beside the baselines")
+    _config_args(tr)
+    tr.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
+    tr.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                    help="continue a run from its latest checkpoint (default: the newest run under runs/)")
+    tr.set_defaults(run=_train)
 
     show = commands.add_parser("config", help="print the resolved configuration")
     _config_args(show)
@@ -148,6 +155,23 @@ def _eval(args: argparse.Namespace) -> None:
     cfg = _config(args)
     print(to_yaml(cfg), end="")
     evaluate_baselines(cfg, Path(args.data) if args.data else None)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from recfm.platform.rundir import CONFIG_FILE, latest_run
+    from recfm.platform.train.job import train
+
+    resume = None
+    if args.resume:
+        resume = latest_run() if args.resume == "latest" else Path(args.resume)
+        if resume is None or not (resume / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"no run to resume at {resume or 'runs/'}")
+        cfg = load_config(resume / CONFIG_FILE, [o for o in [args.config, *args.overrides] if o and "=" in o])
+        print(f"resuming {resume}")
+    else:
+        cfg = _config(args)
+    print(to_yaml(cfg), end="")
+    train(cfg, args.address, resume)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recfm.fm.config import ModelConfig, ModelConfigError, ObjectiveConfig, ShardingConfig
+
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data" / "ml-latest-small"
-FORMATS = ("movielens", "sequences", "events")
+FORMATS = ("movielens", "sequences", "events", "imported")
 
 
 class ConfigError(ValueError):
@@ -23,7 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = str(DEMO_DATA)  # a MovieLens folder, a sequence file, or event file(s)
-    format: str = "movielens"  # movielens | sequences | events
+    format: str = "movielens"  # movielens | sequences | events | imported (a `recfm data import/synth` output)
     mode: str = "strict"  # strict: stop at the first bad row; lenient: quarantine bad rows
     id_type: str = "int"  # sequences and events: int or str ids
     mapping: dict[str, str] = field(default_factory=dict)  # events: schema field -> source column
@@ -70,12 +72,42 @@ class EvalConfig:
 
 
 @dataclass
+class TrainConfig:
+    workers: int = 2  # Ray Train workers (processes); the tables are sharded across them
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # NCCL + CUDA + fbgemm GPU kernels when the cluster has GPUs
+    epochs: int = 200
+    batch_size: int = 256  # users per worker per step
+    lr: float = 1e-3  # dense AdamW; sparse tables use sharding.sparse_lr
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    last_window_prob: float = 0.5  # long histories: chance of training on the most recent window
+    val_every: int = 1  # epochs between validations (and checkpoints)
+    val_users: int = 0  # validation users per validation (0 = all): a fixed random subset
+    patience: int = 8  # validations without a better NDCG@10 before stopping
+    refit_epochs: int = 0  # after stopping: epochs on train + validation events before the test, as baselines refit
+    max_minutes: float = 0.0  # stop (and test the best model) after this long; 0 = no limit
+    max_failures: int = 0  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.workers < 1 or self.batch_size < 1 or self.epochs < 1 or self.val_every < 1:
+            raise ConfigError("train: workers, batch_size, epochs and val_every must be at least 1")
+        if self.lr <= 0 or not 0 <= self.last_window_prob <= 1:
+            raise ConfigError("train: lr > 0 and 0 <= last_window_prob <= 1")
+
+
+@dataclass
 class RecfmConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/<name>-<time>
     threads: int = 0  # torch intra-op threads; 0 = all cores
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         for f in fields(self):
@@ -86,10 +118,13 @@ class RecfmConfig:
             raise ConfigError("threads must be 0 (all cores) or more")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RecfmConfig:
-    """Defaults, then the YAML file at `path`, then `key=value` overrides; resolved and validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> RecfmConfig:
+    """Defaults (or `base`), then the YAML file at `path`, then `key=value` overrides; resolved, validated."""
     try:
         merged = OmegaConf.structured(RecfmConfig)
+        if base is not None:
+            merged = OmegaConf.merge(merged, base)
         if path is not None:
             path = Path(path)
             if not path.exists():
@@ -103,8 +138,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
-    config.validate()
+    try:
+        config.validate()
+    except ModelConfigError as err:
+        raise ConfigError(str(err)) from None
     return config
+
+
+def config_from_dict(raw: dict) -> RecfmConfig:
+    """The typed config back from `asdict` (as sent to Ray workers), validated again."""
+    return load_config(None, None, base=raw)
 
 
 def to_yaml(config: RecfmConfig) -> str:

@@ -22,7 +22,7 @@ _PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions")
 
 
 def import_source(cfg: DataConfig, out: Path) -> DatasetInfo:
-    """Runs the importer that `cfg.format` names."""
+    """Runs the importer that `cfg.format` names (not "imported", which needs none)."""
     if cfg.format == "movielens":
         return import_movielens(Path(cfg.source), out, cfg.mode)
     if cfg.format == "sequences":
@@ -45,11 +45,12 @@ def ensure_prepared(cfg: DataConfig, log: Callable[[str], None] = print) -> Path
             return prepared
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         pass
-    try:
-        if DatasetInfo.load(imported).source != str(cfg.source):
-            raise FileNotFoundError
+    if cfg.format == "imported":  # already in recfm's schema (e.g. `recfm data synth` output): prepare only
+        imported = Path(cfg.source)
+        DatasetInfo.load(imported)  # a clear error if it is not an imported dataset
+    elif _reusable(imported, cfg):
         log(f"reusing the import in {imported}")
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+    else:
         log(f"importing {cfg.source} ({cfg.format}, {cfg.mode})")
         shutil.rmtree(imported, ignore_errors=True)
         log(summary(import_source(cfg, imported)))
@@ -58,6 +59,13 @@ def ensure_prepared(cfg: DataConfig, log: Callable[[str], None] = print) -> Path
     info.save(prepared)
     log(describe(info))
     return prepared
+
+
+def _reusable(imported: Path, cfg: DataConfig) -> bool:
+    try:
+        return DatasetInfo.load(imported).source == str(cfg.source)
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return False
 
 
 def _fingerprint(cfg: DataConfig) -> list:

@@ -1,0 +1,1 @@
+"""The Ray Train job: driver, per-worker loop, data, checkpoints, metrics, validation."""

@@ -1,0 +1,77 @@
+"""Training input through Ray Data: Parquet sequences -> per-worker shards -> model batches.
+
+Each worker iterates its shard with `iter_torch_batches`; the collate functions below turn Ray's numpy
+batches (list columns arrive as object arrays of per-user arrays) into `SequenceBatch`es, whose flat ids and
+lengths become the KeyedJaggedTensor inside the model. Ray splits datasets into equal shards, and training
+drops the last partial batch, so every worker runs the same number of steps: TorchRec's collectives need
+that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from recfm.fm.batching import SequenceBatch, inference_batch, training_batch
+from recfm.fm.tokens import EventTokenizer
+from recfm.platform.data.prepare import SEQUENCES_DIR
+
+
+def _rows(batch: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    return {name: list(col) for name, col in batch.items() if col.dtype == object}
+
+
+class TrainingCollate(NumpyBatchCollateFn):
+    """One training window per user from its training prefix (`n_train`, or `n_fit` when refitting)."""
+
+    def __init__(self, tokenizer: EventTokenizer, max_len: int, mtp: int, seed: int, last_window_prob: float,
+                 prefix: str = "n_train"):
+        self.tokenizer, self.max_len, self.mtp = tokenizer, max_len, mtp
+        self.rng = np.random.default_rng(seed)
+        self.last_window_prob, self.prefix = last_window_prob, prefix
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> SequenceBatch:
+        return training_batch(_rows(batch), batch[self.prefix], self.tokenizer, self.max_len, self.mtp, self.rng,
+                              self.last_window_prob)
+
+
+@dataclass
+class ValidationBatch:
+    batch: SequenceBatch  # each user's history before its validation target
+    targets: torch.Tensor  # int64 [users]
+    history_rows: torch.Tensor  # int64: (user-in-batch, item) pairs to exclude from ranking
+    history_items: torch.Tensor
+
+
+class ValidationCollate(NumpyBatchCollateFn):
+    def __init__(self, tokenizer: EventTokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> ValidationBatch:
+        known = batch["n_train"].astype(np.int64)
+        rows = _rows(batch)
+        targets = np.array([items[k] for items, k in zip(rows["item"], known, strict=True)], dtype=np.int64)
+        history = [items[:k] for items, k in zip(rows["item"], known, strict=True)]
+        return ValidationBatch(
+            inference_batch(rows, known, self.tokenizer, self.max_len), torch.from_numpy(targets),
+            torch.from_numpy(np.repeat(np.arange(len(history)), [len(h) for h in history])),
+            torch.from_numpy(np.concatenate(history).astype(np.int64)))
+
+
+def validation_table(prepared: Path, max_users: int, seed: int) -> pa.Table:
+    """Users with a validation target (and history before it); a fixed random subset if `max_users`."""
+    table = pq.read_table(Path(prepared) / SEQUENCES_DIR)
+    lengths = pc.list_value_length(table["item"])
+    keep = pc.and_(pc.greater(table["n_train"], 0), pc.less(table["n_train"], table["n_fit"]))
+    table = table.filter(pc.and_(keep, pc.greater(lengths, 0)))
+    if max_users and table.num_rows > max_users:
+        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_users, replace=False))
+        table = table.take(pa.array(rows))
+    return table

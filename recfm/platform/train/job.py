@@ -1,0 +1,210 @@
+"""`recfm train`: the driver. Prepares data, runs Ray Train's TorchTrainer, then tests the best checkpoint
+in this process beside the baselines and writes the run directory:
+
+    runs/<name>-<time>/
+        config.yaml        the resolved config          model.json     what rebuilds the model
+        ray/               Ray Train storage: checkpoints (best by validation NDCG@10, and the latest)
+        tb/                TensorBoard: loss per objective, learning rate, events/s, validation, hparams
+        metrics.jsonl      one line per epoch           results.md / results.json   the test table
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from recfm.fm.model import build_model, model_spec
+from recfm.fm.objectives import TrainingObjective
+from recfm.fm.tokens import EventTokenizer
+from recfm.platform.config import RecfmConfig
+from recfm.platform.data.dataset import Sequences
+from recfm.platform.data.pipeline import ensure_prepared
+from recfm.platform.data.prepare import SEQUENCES_DIR
+from recfm.platform.evaluation.fm_scorer import FoundationScorer
+from recfm.platform.evaluation.harness import ModelResult, run_baselines, tune_and_test
+from recfm.platform.evaluation.report import write_results
+from recfm.platform.rundir import create_run_dir
+from recfm.platform.runtime import configure_process
+from recfm.platform.train.checkpoint import load_weights, read_state
+from recfm.platform.train.metrics import METRICS_FILE
+from recfm.platform.train.worker import SELECTION, train_worker
+
+RAY_DIR = "ray"
+RAY_RUN_NAME = "train"
+MODEL_FILE = "model.json"
+ITEM_PROB_FILE = "item_prob.npy"
+BEST_LINK = "best_checkpoint"
+
+# Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
+# machines, and a hang on mismatched reports becomes an error instead.
+RAY_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": "900",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
+    """Trains the foundation model on Ray and writes the test table; returns the run directory."""
+    configure_process(cfg.threads)
+    prepared = ensure_prepared(cfg.data, log)
+    seqs = Sequences.load(prepared)
+    run_dir = Path(resume) if resume else create_run_dir(cfg)
+    run_dir = run_dir.resolve()
+    spec = _model_spec(cfg, seqs, run_dir, resumed=resume is not None)
+    log(f"training in {run_dir} ({cfg.train.workers} Ray workers)")
+    started = time.perf_counter()
+    best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
+    log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
+    results, notes = _baselines(seqs, cfg, log)
+    results.append(test_checkpoint(best, spec, cfg, seqs))
+    print_table = write_results(run_dir, results, seqs.info, cfg.eval.ks, notes)
+    log(print_table)
+    return run_dir
+
+
+def _model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, resumed: bool) -> dict:
+    if resumed and (run_dir / MODEL_FILE).exists():
+        return json.loads((run_dir / MODEL_FILE).read_text())
+    known = seqs.known_mask("val")  # fit tokenizer buckets and sampling probabilities on training events only
+    tokenizer = EventTokenizer.from_data(cfg.model.facets, seqs.n_items, seqs.vocab, seqs.info.has_time,
+                                         seqs.events["value"][known], cfg.model.gap_buckets,
+                                         cfg.model.engagement_buckets)
+    spec = model_spec(cfg.model, tokenizer, cfg.objective.mtp, cfg.objective.action_weight > 0,
+                      cfg.objective.gap_weight > 0)
+    (run_dir / MODEL_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    counts = np.bincount(seqs.events["item"][known], minlength=seqs.n_items).astype(np.float64)
+    np.save(run_dir / ITEM_PROB_FILE, (counts / max(counts.sum(), 1)).astype(np.float32))
+    return spec
+
+
+def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
+                     log=print) -> Path:
+    """Runs the TorchTrainer; returns the best checkpoint's directory."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from recfm.platform.train.data import validation_table
+
+    t = cfg.train
+    local = address in (None, "local")
+    if not ray.is_initialized():
+        # Locally, one logical CPU more than the workers take leaves Ray Data room to read.
+        ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
+                 num_cpus=int(np.ceil(t.workers * t.cpus_per_worker)) + 1 if local else None,
+                 logging_level="WARNING", configure_logging=True)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # The sequences go into Ray's object store from here: on a small machine, read tasks would wait for CPUs the
+    # training workers hold (and spawning them costs a minute); issue 8's streaming path reads shard files.
+    train_ds = ray.data.from_arrow(pq.read_table(prepared / SEQUENCES_DIR))
+    val_ds = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": asdict(cfg), "spec": spec, "run_dir": str(run_dir),
+                           "item_prob": str(run_dir / ITEM_PROB_FILE)},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME, storage_path=str(run_dir / RAY_DIR),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+        datasets={"train": train_ds, "val": val_ds},
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+    )
+    with _ProgressPrinter(run_dir / METRICS_FILE, log):
+        result = trainer.fit()
+    ray.shutdown()
+    best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECTION, -1.0), default=None)
+    if best is None:
+        raise RuntimeError("training reported no checkpoint")
+    link = run_dir / BEST_LINK
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(best[0].path))
+    state = read_state(Path(best[0].path))
+    log(f"stopped: {_last_stop(Path(result.checkpoint.path)) if result.checkpoint else '?'}; best validation "
+        f"NDCG@10 {state.best_metric:.4f} at epoch {state.best_epoch}")
+    return Path(best[0].path)
+
+
+def _last_stop(latest: Path) -> str:
+    return read_state(latest).stopped or "epochs done"
+
+
+def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences) -> ModelResult:
+    """The checkpoint, gathered into one process, through the same harness as the baselines."""
+    model = build_model(spec)
+    load_weights(checkpoint, TrainingObjective(model, cfg.objective))
+    state = read_state(checkpoint)
+    params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
+              "facets": len(model.facets)}
+    scorer = FoundationScorer(model, name="recfm-FM", params=params)
+    return tune_and_test(scorer, [], seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None)
+
+
+def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
+    """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
+    e = cfg.eval
+    key = json.dumps(asdict(e), sort_keys=True)
+    cache = seqs.directory / f"baselines-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["key"] == key:
+            log(f"baselines reused from {cache}")
+            return [ModelResult(**r) for r in cached["results"]], cached["notes"]
+    results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
+                                   e.knn_shrinks, e.batch_size, e.seed, log)
+    cache.write_text(json.dumps({"key": key, "notes": notes, "results": [
+        {k: v for k, v in asdict(r).items() if k != "ranks"} for r in results]}))
+    return results, notes
+
+
+class _ProgressPrinter:
+    """Prints each epoch's line of metrics.jsonl as workers write it (Ray reports reach the driver late)."""
+
+    def __init__(self, path: Path, log):
+        self.path, self.log, self.done = path, log, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        seen = 0
+        while True:
+            finished = self.done.wait(2.0)
+            if self.path.exists():
+                lines = self.path.read_text().splitlines()
+                for line in lines[seen:]:
+                    self.log(_progress_line(json.loads(line)))
+                seen = len(lines)
+            if finished:
+                return
+
+
+def _progress_line(m: dict) -> str:
+    text = f"epoch {m['epoch']:>3}  loss {m.get('train/loss', float('nan')):.4f}  " \
+           f"{m.get('train/events_per_s', 0):,.0f} events/s"
+    if "val_ndcg10" in m:
+        text += f"  val NDCG@10 {m['val_ndcg10']:.4f}  HR@10 {m['val_hr10']:.4f}"
+    return text

@@ -1,0 +1,38 @@
+"""Training metrics: TensorBoard scalars (and hparams) plus a metrics.jsonl line per epoch, from rank 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+TB_DIR = "tb"
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger:
+    """A no-op unless `enabled` (rank 0), so callers need not branch on rank."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self.writer = SummaryWriter(str(Path(run_dir) / TB_DIR)) if enabled else None
+
+    def log(self, step: int, values: dict[str, float], epoch: int | None = None) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        if epoch is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"epoch": epoch, "step": step, **values}) + "\n")
+
+    def hparams(self, params: dict, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            flat = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()}
+            self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
