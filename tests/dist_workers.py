@@ -44,7 +44,7 @@ def shard_and_train(rank: int, world: int, port: int, prepared: str, item_shardi
     for _ in range(40):
         b = rng.choice(users, 32, replace=False)
         batch = training_batch(rows_from_arrays(seqs.offsets, seqs.events, b), seqs.n_train[b], tokenizer,
-                               cfg.max_len, 2, rng)
+                               cfg.max_len, 2)
         sharded.optimizer.zero_grad()
         loss, _ = sharded.model(batch)
         loss.backward()

@@ -30,22 +30,13 @@ class SequenceBatch:
         return len(self.lengths)
 
 
-def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int, mtp: int,
-                   rng: np.random.Generator, last_window_prob: float = 0.5) -> SequenceBatch:
-    """One window per user from its first `known[u]` events: inputs are up to `max_len` events, and each input
-    is trained to predict the next `mtp` items.
-
-    A history longer than max_len + 1 gives its most recent window with probability `last_window_prob` (the one
-    scored at test time) and otherwise a uniformly random earlier one, so every epoch sees other windows.
+def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int,
+                   mtp: int) -> SequenceBatch:
+    """One window per row from its first `known[u]` events: the most recent `max_len` events as inputs, each
+    trained to predict the next `mtp` items. Longer histories are cut into windows beforehand (one row each,
+    see `recfm.platform.train.data.training_windows`), so that an epoch covers every event.
     """
-    spans = []
-    for n in known:
-        n = int(n)
-        if n <= max_len + 1 or rng.random() < last_window_prob:
-            spans.append((max(0, n - max_len - 1), n))
-        else:
-            start = int(rng.integers(0, n - max_len - 1))
-            spans.append((start, start + max_len + 1))
+    spans = [(max(0, int(n) - max_len - 1), int(n)) for n in known]
     tokens, lengths = _tokens(rows, spans, tokenizer)
     window = np.maximum(lengths - 1, 0)  # the last event of a window is only a target
     keep = _first_of_each(lengths, window)

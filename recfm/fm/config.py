@@ -24,7 +24,7 @@ class ModelConfig:
     heads: int = 2
     ffn_mult: int = 4
     dropout: float = 0.2
-    max_len: int = 50  # training window; longer histories are sampled as sliding windows
+    max_len: int = 100  # training window; longer histories are cut into windows of this many targets
     window: int = 0  # sliding-window attention span (0 = full causal attention)
     positions: str = "learned"  # learned | rope
     combine: str = "sum"  # how facet embeddings merge into one token: sum | concat (then project)

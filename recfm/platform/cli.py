@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(show)
     show.set_defaults(run=lambda a: print(to_yaml(_config(a)), end=""))
 
-    demo = commands.add_parser("demo", help="the main job on the embedded defaults (bundled ml-latest-small)")
+    demo = commands.add_parser("demo", help="the main job on the embedded defaults: train the foundation model on "
+                                           "the bundled ml-latest-small and test it beside the baselines")
     _config_args(demo)
+    demo.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -175,9 +177,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from recfm.platform.train.job import train
+
     cfg = _config(args)
     print(to_yaml(cfg), end="")
-    evaluate_baselines(cfg)
+    train(cfg, args.address)
 
 
 def evaluate_baselines(cfg: RecfmConfig, prepared: Path | None = None) -> Path:

@@ -28,18 +28,45 @@ def _rows(batch: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     return {name: list(col) for name, col in batch.items() if col.dtype == object}
 
 
-class TrainingCollate(NumpyBatchCollateFn):
-    """One training window per user from its training prefix (`n_train`, or `n_fit` when refitting)."""
+def training_windows(table: pa.Table, max_len: int, seed: int = 0) -> pa.Table:
+    """Each user's training prefix (`n_train` events) cut into windows of `max_len` targets, one row each, in a
+    fixed random order.
 
-    def __init__(self, tokenizer: EventTokenizer, max_len: int, mtp: int, seed: int, last_window_prob: float,
-                 prefix: str = "n_train"):
+    Window w of a user ends w * max_len events before the prefix's end and holds max_len + 1 events (inputs,
+    and the targets shifted by one), so consecutive windows cover every training target once. Users with
+    short histories give one window; a user with a single event gives none (nothing to predict).
+    """
+    known = table["n_train"].to_numpy().astype(np.int64)
+    counts = np.ceil(np.maximum(known - 1, 0) / max_len).astype(np.int64)
+    owner = np.repeat(np.arange(len(known)), counts)
+    w = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    end = known[owner] - w * max_len
+    start = np.maximum(end - max_len - 1, 0)
+    size = end - start
+    within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+    new_offsets = pa.array(np.concatenate([[0], np.cumsum(size)]).astype(np.int32))
+    columns = {}
+    for name in table.column_names:
+        column = table[name].combine_chunks()
+        if pa.types.is_list(column.type):
+            first = column.offsets.to_numpy()[owner] + start  # offsets index the (unsliced) child values
+            take = pa.array(np.repeat(first, size) + within)
+            columns[name] = pa.ListArray.from_arrays(new_offsets, column.values.take(take))
+        else:
+            columns[name] = column.take(pa.array(owner))
+    columns["n_train"] = pa.array(size.astype(np.int32))
+    windows = pa.table(columns)
+    return windows.take(pa.array(np.random.default_rng(seed).permutation(windows.num_rows)))
+
+
+class TrainingCollate(NumpyBatchCollateFn):
+    """Model batches from rows of `training_windows`."""
+
+    def __init__(self, tokenizer: EventTokenizer, max_len: int, mtp: int):
         self.tokenizer, self.max_len, self.mtp = tokenizer, max_len, mtp
-        self.rng = np.random.default_rng(seed)
-        self.last_window_prob, self.prefix = last_window_prob, prefix
 
     def __call__(self, batch: dict[str, np.ndarray]) -> SequenceBatch:
-        return training_batch(_rows(batch), batch[self.prefix], self.tokenizer, self.max_len, self.mtp, self.rng,
-                              self.last_window_prob)
+        return training_batch(_rows(batch), batch["n_train"], self.tokenizer, self.max_len, self.mtp)
 
 
 @dataclass

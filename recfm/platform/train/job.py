@@ -97,7 +97,7 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.data import validation_table
+    from recfm.platform.train.data import training_windows, validation_table
 
     t = cfg.train
     local = address in (None, "local")
@@ -111,7 +111,8 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     ray.data.DataContext.get_current().enable_progress_bars = False
     # The sequences go into Ray's object store from here: on a small machine, read tasks would wait for CPUs the
     # training workers hold (and spawning them costs a minute); issue 8's streaming path reads shard files.
-    train_ds = ray.data.from_arrow(pq.read_table(prepared / SEQUENCES_DIR))
+    train_ds = ray.data.from_arrow(training_windows(pq.read_table(prepared / SEQUENCES_DIR), cfg.model.max_len,
+                                                    t.seed))
     val_ds = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
     trainer = TorchTrainer(
         train_worker,

@@ -58,8 +58,7 @@ def train_worker(config: dict) -> None:
     while state.epoch < t.epochs and not state.stopped:
         epoch = state.epoch + 1
         started = time.perf_counter()
-        collate = TrainingCollate(tokenizer, mcfg.max_len, cfg.objective.mtp, seed=(t.seed, rank, epoch),
-                                  last_window_prob=t.last_window_prob)
+        collate = TrainingCollate(tokenizer, mcfg.max_len, cfg.objective.mtp)
         sums = _train_epoch(training, train_shard.iter_torch_batches(
             batch_size=t.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=4 * t.batch_size,
             local_shuffle_seed=t.seed * 7919 + epoch), state, cfg)

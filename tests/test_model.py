@@ -1,0 +1,136 @@
+"""The foundation model in one process: tokens, batches, attention masks, objectives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recfm.fm.batching import inference_batch, training_batch
+from recfm.fm.config import ModelConfig, ObjectiveConfig
+from recfm.fm.model import UserFoundationModel
+from recfm.fm.objectives import TrainingObjective, choose_candidates, next_item_loss
+from recfm.fm.tokens import EventTokenizer, Facet
+
+HOUR = 3600
+
+
+def _tokenizer(items: int = 50) -> EventTokenizer:
+    return EventTokenizer([Facet("item", items), Facet("action", 4), Facet("hour", 24), Facet("day", 7),
+                           Facet("gap", 32), Facet("engagement", 4)], 32, [2.5, 4.0])
+
+
+def _rows(n_users: int = 3, length: int = 12, items: int = 50, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    rows = {"item": [], "ts": [], "value": [], "action": []}
+    for _ in range(n_users):
+        rows["item"].append(rng.integers(0, items, length))
+        rows["ts"].append(np.cumsum(rng.integers(1, 10 * HOUR, length)) + 1_600_000_000)
+        rows["value"].append(rng.choice([np.nan, 1.0, 3.0, 5.0], length).astype(np.float32))
+        rows["action"].append(rng.integers(1, 4, length))
+    return rows
+
+
+def _model(**overrides) -> UserFoundationModel:
+    cfg = ModelConfig(**({"dim": 16, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.0} | overrides))
+    torch.manual_seed(0)
+    return UserFoundationModel(cfg, _tokenizer(), mtp=3, action_head=True, gap_head=True).eval()
+
+
+def test_time_facets():
+    tok = _tokenizer()
+    ts = np.array([0, 1, 3 * HOUR, 3 * HOUR, 4 * 86_400], dtype=np.int64)  # 1970-01-01 was a Thursday
+    ids = tok.tokenize({"item": np.zeros(5, np.int64), "action": np.ones(5, np.int64), "ts": ts,
+                        "value": np.array([np.nan, 1, 3, 4, 5], np.float32)}, np.array([2, 3]))
+    assert ids["hour"].tolist() == [0, 0, 3, 3, 0]
+    assert ids["day"].tolist() == [3, 3, 3, 3, 0]
+    # gap: 0 for each sequence's first event, then 1 + floor(log2(seconds + 1)); zero seconds -> bucket 1
+    assert ids["gap"].tolist() == [0, 2, 0, 1, 1 + 18]
+    assert ids["engagement"].tolist() == [0, 1, 2, 3, 3]  # 0 = missing; edges 2.5 and 4.0
+
+
+def test_training_targets_are_the_next_k_items():
+    rows = {k: [v[0][:6]] for k, v in _rows(1).items()}
+    items = rows["item"][0]
+    batch = training_batch(rows, np.array([6]), _tokenizer(), max_len=12, mtp=3)
+    assert batch.lengths.tolist() == [5]  # the last event is only a target
+    targets = batch.targets[0]
+    for t in range(5):
+        for k in range(3):
+            expected = items[t + k + 1] if t + k + 1 < 6 else -1
+            assert targets[t, k] == expected
+    assert batch.features["item"].tolist() == items[:5].tolist()
+
+
+def test_attention_is_causal_and_windowed():
+    rows = _rows(2)
+    for overrides, window in (({}, 0), ({"positions": "rope"}, 0), ({"window": 3}, 3)):
+        model = _model(**overrides)
+        base = model(inference_batch(rows, np.array([12, 12]), model.tokenizer, 12)).hidden
+        changed = {k: [v.copy() for v in vs] for k, vs in rows.items()}
+        changed["item"][0][8] = (changed["item"][0][8] + 1) % 50  # a later event of user 0
+        out = model(inference_batch(changed, np.array([12, 12]), model.tokenizer, 12)).hidden
+        assert torch.equal(out[0, :8], base[0, :8])  # earlier positions never see it
+        assert not torch.allclose(out[0, 8], base[0, 8])
+        assert torch.equal(out[1], base[1])  # nor does another user
+        if window:  # one layer: position t sees only t-window+1 .. t
+            assert torch.equal(out[0, 8 + window:], base[0, 8 + window:])
+            assert not torch.allclose(out[0, 8 + window - 1], base[0, 8 + window - 1])
+
+
+def test_padding_does_not_change_a_users_vector():
+    rows = _rows(2)
+    model = _model()
+    alone = model(inference_batch({k: v[:1] for k, v in rows.items()}, np.array([5]), model.tokenizer, 12)).user
+    beside_longer = model(inference_batch(rows, np.array([5, 12]), model.tokenizer, 12)).user
+    assert torch.allclose(alone[0], beside_longer[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_objective_backpropagates_to_every_part(combine):
+    model = _model(combine=combine).train()
+    objective = TrainingObjective(model, ObjectiveConfig(mtp=3, action_weight=0.5, gap_weight=0.5))
+    batch = training_batch(_rows(4), np.array([12, 9, 5, 2]), model.tokenizer, 12, 3)
+    loss, parts = objective(batch)
+    assert set(parts) == {"item@1", "item@2", "item@3", "action", "gap"}
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_sampled_candidates_hold_every_target_and_correct_for_sampling():
+    targets = torch.tensor([[3, -1], [7, 3]])
+    prob = torch.full((100,), 0.01)
+    cands = choose_candidates(targets, 100, "sampled", 20, prob, torch.Generator().manual_seed(0))
+    assert {3, 7} <= set(cands.ids.tolist()) and torch.equal(cands.ids, cands.ids.sort().values)
+    # expected occurrences: 3 in-batch positives x 1% + 20 uniform draws / 100 items
+    assert torch.allclose(cands.logq, torch.log(torch.tensor(3 * 0.01 + 0.2)).expand_as(cands.logq))
+    full = choose_candidates(targets, 100, "full", 20, None)
+    assert full.logq is None and len(full.ids) == 100
+
+
+def test_sampled_softmax_over_the_whole_catalog_equals_full_softmax():
+    torch.manual_seed(0)
+    queries, emb = torch.randn(6, 8), torch.randn(30, 8)
+    targets = torch.randint(0, 30, (6,))
+    full, _ = next_item_loss(queries, targets, emb, choose_candidates(targets[None], 30, "full", 1, None))
+    cands = choose_candidates(targets[None], 30, "sampled", 1, None)
+    cands.ids = torch.arange(30)  # every item is a candidate, no correction: the same loss
+    sampled, _ = next_item_loss(queries, targets, emb, cands)
+    assert torch.allclose(full, sampled)
+
+
+def test_training_windows_cover_every_target_once():
+    import pyarrow as pa
+
+    from recfm.platform.train.data import training_windows
+
+    items = [list(range(100, 110)), [7, 8], [5]]
+    table = pa.table({"user": pa.array([0, 1, 2], pa.int32()), "item": pa.array(items),
+                      "n_train": pa.array([9, 2, 1], pa.int32())})
+    table = pa.concat_tables([table.slice(0, 1), table.slice(1)])  # chunked, as Parquet reads give
+    windows = training_windows(table, max_len=3).to_pylist()
+    assert all(len(w["item"]) == w["n_train"] <= 4 for w in windows)
+    targets = sorted((w["user"], i) for w in windows for i in w["item"][1:])
+    # every event of the training prefix but each user's first is a target exactly once; user 2 has none
+    assert targets == [(0, i) for i in range(101, 109)] + [(1, 8)]
