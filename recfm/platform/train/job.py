@@ -138,13 +138,15 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     link.unlink(missing_ok=True)
     link.symlink_to(Path(best[0].path))
     state = read_state(Path(best[0].path))
-    log(f"stopped: {_last_stop(Path(result.checkpoint.path)) if result.checkpoint else '?'}; best validation "
-        f"NDCG@10 {state.best_metric:.4f} at epoch {state.best_epoch}")
+    log(f"stopped: {_last_stop(run_dir)}; best validation NDCG@10 {state.best_metric:.4f} at epoch "
+        f"{state.best_epoch}")
     return Path(best[0].path)
 
 
-def _last_stop(latest: Path) -> str:
-    return read_state(latest).stopped or "epochs done"
+def _last_stop(run_dir: Path) -> str:
+    """Why training ended, from the last epoch's line (the latest checkpoint may precede that epoch)."""
+    lines = (run_dir / METRICS_FILE).read_text().splitlines() if (run_dir / METRICS_FILE).exists() else []
+    return json.loads(lines[-1]).get("stopped", "?") if lines else "?"
 
 
 def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences) -> ModelResult:

@@ -19,14 +19,16 @@ class MetricsLogger:
         self.path = Path(run_dir) / METRICS_FILE
         self.writer = SummaryWriter(str(Path(run_dir) / TB_DIR)) if enabled else None
 
-    def log(self, step: int, values: dict[str, float], epoch: int | None = None) -> None:
+    def log(self, step: int, values: dict[str, float], epoch: int | None = None, stopped: str = "") -> None:
+        """Scalars to TensorBoard; with `epoch`, a metrics.jsonl line too (with why training stopped, if it did)."""
         if not self.enabled:
             return
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
         if epoch is not None:
+            line = {"epoch": epoch, "step": step, **values} | ({"stopped": stopped} if stopped else {})
             with open(self.path, "a") as f:
-                f.write(json.dumps({"epoch": epoch, "step": step, **values}) + "\n")
+                f.write(json.dumps(line) + "\n")
 
     def hparams(self, params: dict, metrics: dict[str, float]) -> None:
         if self.enabled:

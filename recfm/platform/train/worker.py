@@ -78,7 +78,7 @@ def train_worker(config: dict) -> None:
             state.stopped = f"time budget of {t.max_minutes:g} minutes reached"
         if epoch == t.epochs and not state.stopped:
             state.stopped = f"all {t.epochs} epochs done"
-        logger.log(state.step, metrics, epoch)
+        logger.log(state.step, metrics, epoch, stopped=state.stopped)
         report = {k.replace("/", "_"): v for k, v in metrics.items()} | {"epoch": epoch, "step": state.step}
         report |= {"best_epoch": state.best_epoch, "best_val_ndcg10": state.best_metric}
         if validating:  # a checkpoint carries the validation figure Ray ranks checkpoints by
