@@ -100,6 +100,8 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     from recfm.platform.train.data import training_windows, validation_table
 
     t = cfg.train
+    # Inside a Ray job (`ray job submit -- recfm train …`) RAY_ADDRESS names the job's cluster: join it.
+    address = address or os.environ.get("RAY_ADDRESS")
     local = address in (None, "local")
     if not ray.is_initialized():
         # Locally, one logical CPU more than the workers take leaves Ray Data room to read.
