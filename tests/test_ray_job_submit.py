@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,10 +62,8 @@ def _stop_session(sid: int, grace: float = 15.0) -> None:
             break
         time.sleep(0.5)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # gone by itself meanwhile
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
