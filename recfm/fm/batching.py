@@ -46,15 +46,14 @@ def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer,
     items = _padded(tokens["item"], lengths, width + mtp)
     targets = np.full((users, width, mtp), -1, dtype=np.int64)
     valid = np.arange(width + mtp)[None, :] < lengths[:, None]
+    in_window = np.arange(width)[None, :] < window[:, None]
     for k in range(1, mtp + 1):
         shifted = np.where(valid[:, k:k + width], items[:, k:k + width], -1)
-        in_window = np.arange(width)[None, :] < window[:, None]
         targets[:, :, k - 1] = np.where(in_window, shifted, -1)
     batch = SequenceBatch(features, torch.from_numpy(window), torch.from_numpy(targets))
     for name, attr in (("action", "next_action"), ("gap", "next_gap")):
         if name in tokens:
             nxt = _padded(tokens[name], lengths, width + 1)[:, 1:width + 1]
-            in_window = np.arange(width)[None, :] < window[:, None]
             setattr(batch, attr, torch.from_numpy(np.where(in_window, nxt, -1)))
     return batch
 
@@ -78,22 +77,26 @@ def _tokens(rows: UserRows, spans: list[tuple[int, int]],
     return tokenizer.tokenize(events, lengths), lengths
 
 
+def positions(lengths: np.ndarray) -> np.ndarray:
+    """Each element's index within its own sequence, for sequences of `lengths` laid one after another."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
 def _first_of_each(lengths: np.ndarray, take: np.ndarray) -> np.ndarray:
     """Mask over concatenated sequences keeping the first `take[u]` events of each."""
-    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return position < np.repeat(take, lengths)
+    return positions(lengths) < np.repeat(take, lengths)
 
 
 def _last_of_each(lengths: np.ndarray, take: np.ndarray) -> np.ndarray:
-    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return position >= np.repeat(lengths - take, lengths)
+    return positions(lengths) >= np.repeat(lengths - take, lengths)
 
 
 def _padded(flat: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """[users, width] with each user's values from the left, -1 after."""
     out = np.full((len(lengths), width), -1, dtype=np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = positions(lengths)
     inside = cols < width
     out[rows[inside], cols[inside]] = flat[inside]
     return out

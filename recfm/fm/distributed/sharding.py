@@ -53,7 +53,7 @@ def shard(module: nn.Module, embeddings: nn.Module, facets: list[str], cfg: Shar
     constraints = {
         table_name(f): ParameterConstraints(sharding_types=[cfg.item if f == "item" else cfg.other],
                                             compute_kernels=["fused"],
-                                            min_partition=max(4, _dim(embeddings) // world))
+                                            min_partition=max(4, embeddings.embedding_dim() // world))
         for f in facets
     }
     sharders = [EmbeddingCollectionSharder()]
@@ -68,15 +68,6 @@ def shard(module: nn.Module, embeddings: nn.Module, facets: list[str], cfg: Shar
 
 def local_rows(model: DistributedModelParallel, facet: str = "item") -> list[tuple[int, int]]:
     """(first row, row count) of each shard of `facet`'s table that this rank holds."""
-    weight = model.state_dict()[f"{_prefix(model)}{table_name(facet)}.weight"]
+    suffix = f".{table_name(facet)}.weight"
+    weight = next(v for k, v in model.state_dict().items() if k.endswith(suffix))
     return [(s.metadata.shard_offsets[0], s.tensor.shape[0]) for s in weight.local_shards()]
-
-
-def _prefix(model: DistributedModelParallel) -> str:
-    """State-dict prefix of the embedding tables (e.g. `model.embeddings.embeddings.`)."""
-    key = next(k for k in model.state_dict() if k.endswith(f"{table_name('item')}.weight"))
-    return key[: -len(f"{table_name('item')}.weight")]
-
-
-def _dim(embeddings: nn.Module) -> int:
-    return embeddings.embedding_dim()

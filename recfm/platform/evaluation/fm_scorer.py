@@ -23,10 +23,6 @@ class FoundationScorer:
         with torch.no_grad():
             return self.model.score_items(self._batch(users))
 
-    def user_vectors(self, users: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(self._batch(users)).user
-
     def _batch(self, users: np.ndarray) -> SequenceBatch:
         rows = rows_from_arrays(self.seqs.offsets, self.seqs.events, users)
         return inference_batch(rows, self.known[users], self.model.tokenizer, self.model.cfg.max_len)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from recfm.fm.batching import SequenceBatch, inference_batch, training_batch
+from recfm.fm.batching import SequenceBatch, inference_batch, positions, training_batch
 from recfm.fm.tokens import EventTokenizer
 from recfm.platform.data.prepare import SEQUENCES_DIR
 
@@ -39,18 +39,16 @@ def training_windows(table: pa.Table, max_len: int, seed: int = 0) -> pa.Table:
     known = table["n_train"].to_numpy().astype(np.int64)
     counts = np.ceil(np.maximum(known - 1, 0) / max_len).astype(np.int64)
     owner = np.repeat(np.arange(len(known)), counts)
-    w = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    end = known[owner] - w * max_len
+    end = known[owner] - positions(counts) * max_len
     start = np.maximum(end - max_len - 1, 0)
     size = end - start
-    within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
     new_offsets = pa.array(np.concatenate([[0], np.cumsum(size)]).astype(np.int32))
     columns = {}
     for name in table.column_names:
         column = table[name].combine_chunks()
         if pa.types.is_list(column.type):
             first = column.offsets.to_numpy()[owner] + start  # offsets index the (unsliced) child values
-            take = pa.array(np.repeat(first, size) + within)
+            take = pa.array(np.repeat(first, size) + positions(size))
             columns[name] = pa.ListArray.from_arrays(new_offsets, column.values.take(take))
         else:
             columns[name] = column.take(pa.array(owner))
