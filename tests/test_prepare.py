@@ -51,15 +51,21 @@ def test_leave_one_out_targets_and_short_users(tmp_path):
     assert sorted(item_ids[i] for i in test_hist) == [10, 11, 12]
 
 
-def test_time_split_uses_first_event_after_each_cutoff(tmp_path):
+def test_time_split_targets_every_event_after_each_cutoff(tmp_path):
     root = write_movielens(tmp_path / "ml", ratings=TIED, movies=MOVIES, tags=None)
     import_movielens(root, tmp_path / "imp")
-    prepare(tmp_path / "imp", tmp_path / "prep", split="time", val_cutoff=65, test_cutoff=95)
+    info = prepare(tmp_path / "imp", tmp_path / "prep", split="time", val_cutoff=65, test_cutoff=95)
     seqs = Sequences.load(tmp_path / "prep")
-    # user 5 (index 0): ts 50, 60 | 70 -> validation target is its ts-70 event; no event after 95
-    # user 7 (index 1): ts 90 | 100, 100, 100 -> no event before 65, so no validation target; test target 3
-    assert list(seqs.eval_users("val")) == [0] and list(seqs.eval_users("test")) == [1]
+    # user 5 (index 0): ts 50, 60 | 70 -> its ts-70 event is a validation target (history: 2 events); none after 95
+    # user 7 (index 1): ts 90 | 100, 100, 100 -> its ts-90 event has no history, so it is no validation target;
+    # each ts-100 event is a test target, predicted from the events before it
     assert list(seqs.n_train) == [2, 0] and list(seqs.n_fit) == [3, 1]
+    users, prefixes = seqs.eval_requests("val")
+    assert list(users) == [0] and list(prefixes) == [2]
+    users, prefixes = seqs.eval_requests("test")
+    assert list(users) == [1, 1, 1] and list(prefixes) == [1, 2, 3]
+    assert (info.val_targets, info.test_targets, info.val_users, info.test_users) == (1, 3, 1, 1)
+    assert seqs.request_history(users, prefixes).sum(1).A1.tolist() == [1, 2, 2]  # items 1 | 1 3 | 1 3 1
 
 
 def test_time_split_needs_timestamps(tmp_path):

@@ -87,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue a run from its latest checkpoint (default: the newest run under runs/)")
     tr.set_defaults(run=_train)
 
+    heads = commands.add_parser("heads", help="the task heads of a trained run")
+    heads_commands = heads.add_subparsers(metavar="STEP")
+    heads_train = heads_commands.add_parser("train", help="train and test the heads of a run (data.split=time)")
+    heads_train.add_argument("run_dir", nargs="?", help="a training run (default: the newest under runs/)")
+    heads_train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. heads.mode=separate")
+    heads_train.add_argument("--out", default="heads", help="directory name inside the run (default: heads)")
+    heads_train.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    heads_train.set_defaults(run=_heads_train)
+
+    rec = commands.add_parser("recommend", help="serve a request with a run's heads")
+    rec_commands = rec.add_subparsers(metavar="TASK")
+    for task, text in (("homepage", "a homepage page of rows for a user"),
+                       ("search", "items for a text query"), ("similars", "items like a source item")):
+        p = rec_commands.add_parser(task, help=text)
+        p.add_argument("--user", required=task == "homepage", help="user id from the data")
+        if task == "search":
+            p.add_argument("--query", required=True, help="query text")
+        if task == "similars":
+            p.add_argument("--item", required=True, help="source item id from the data (MovieLens movieId)")
+        p.add_argument("--surface", help="surface the request comes from")
+        p.add_argument("--device", help="device the request comes from")
+        p.add_argument("--hour", type=int, help="hour of day, UTC (default: now)")
+        p.add_argument("-k", type=int, default=10, help="how many items")
+        if task == "homepage":
+            p.add_argument("--flat", action="store_true", help="one ranked list instead of a page of rows")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--run", dest="run_dir", help="a trained run (default: the newest under runs/)")
+        p.set_defaults(run=_recommend, task=task)
+
     show = commands.add_parser("config", help="print the resolved configuration")
     _config_args(show)
     show.set_defaults(run=lambda a: print(to_yaml(_config(a)), end=""))
@@ -182,6 +211,40 @@ def _demo(args: argparse.Namespace) -> None:
     cfg = _config(args)
     print(to_yaml(cfg), end="")
     train(cfg, args.address)
+
+
+def _heads_train(args: argparse.Namespace) -> None:
+    from recfm.platform.rundir import CONFIG_FILE, latest_run
+    from recfm.platform.train.heads import train_heads
+
+    run = Path(args.run_dir) if args.run_dir and "=" not in args.run_dir else latest_run()
+    overrides = [o for o in [args.run_dir, *args.overrides] if o and "=" in o]
+    if run is None or not (run / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"no training run at {run or 'runs/'}")
+    cfg = load_config(run / CONFIG_FILE, overrides)
+    print(to_yaml(cfg), end="")
+    try:
+        train_heads(run, cfg, args.address, out_name=args.out)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from recfm.heads.context import Request
+    from recfm.platform.recommend import Recommender, format_json, format_text
+
+    if args.k < 1:
+        raise ValueError("-k must be at least 1")
+    recommender = Recommender(Path(args.run_dir) if args.run_dir else None)
+    if args.task == "homepage" and not args.flat:
+        rec = recommender.homepage(args.user, args.hour)
+    else:
+        request = Request(args.task, user=args.user, query=getattr(args, "query", None),
+                          item=getattr(args, "item", None), surface=args.surface, device=args.device, hour=args.hour)
+        rec = recommender.recommend(request, args.k)
+    print(format_json(rec) if args.json else format_text(rec))
 
 
 def evaluate_baselines(cfg: RecfmConfig, prepared: Path | None = None) -> Path:

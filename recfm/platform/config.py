@@ -31,9 +31,9 @@ class DataConfig:
     mapping: dict[str, str] = field(default_factory=dict)  # events: schema field -> source column
     ts_unit: str = "s"  # events: s | ms | us | ns | iso
     items: str | None = None  # events: an item catalog file (CSV or Parquet)
-    split: str = "loo"  # loo | time
-    val_cutoff: float | None = None  # time split: a timestamp, or a quantile of event times in (0, 1)
-    test_cutoff: float | None = None
+    split: str = "time"  # loo | time (the demo: the heads are trained and tested across time)
+    val_cutoff: float | None = 0.7  # time split: a timestamp, or a quantile of event times in (0, 1)
+    test_cutoff: float | None = 0.9
     actions: list[str] | None = None  # which actions are interactions; default: the importer's choice
     cache_dir: str = ".cache/data"  # imported and prepared data, reused while source and settings match
 
@@ -87,7 +87,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     val_every: int = 2  # epochs between validations (and checkpoints)
-    val_users: int = 0  # validation users per validation (0 = all): a fixed random subset
+    val_users: int = 0  # validation targets per validation (0 = all): a fixed random subset
     patience: int = 5  # validations without a better NDCG@10 before stopping
     max_minutes: float = 4.0  # stop (and test the best model) after this long; 0 = no limit (the demo's 4 keeps
     # `make demo` within 10 minutes on 2 cores)
@@ -102,6 +102,42 @@ class TrainConfig:
 
 
 @dataclass
+class HeadsConfig:
+    """The task heads (`recfm.heads`), trained after the FM on requests the FM never saw (time split only)."""
+
+    enabled: bool = True  # `recfm train` and `recfm demo` train the heads when the split is time
+    mode: str = "unified"  # unified (one ranker, task embedding) | separate (one ranker per task)
+    fm: str = "frozen"  # frozen (FM outputs are inputs) | finetune (FM trained with the heads at fm_lr)
+    text_dim: int = 32
+    hidden: int = 64
+    word_buckets: int = 32768  # hashed query words ...
+    trigram_buckets: int = 32768  # ... and character trigrams
+    epochs: int = 30
+    patience: int = 4  # epochs without a better holdout NDCG@10
+    batch_size: int = 64  # requests per worker per step
+    lr: float = 3e-3
+    fm_lr: float = 1e-4  # finetune only
+    holdout: float = 0.2  # the latest share of training requests (per task), for model selection
+    session_gap_minutes: float = 60.0  # homepage: a session starts after this long without an interaction
+    max_train_per_task: int = 6000  # random subset (seeded) when a task has more requests; counts are printed
+    max_test_per_task: int = 3000
+    neighbours: int = 100  # co-occurrence neighbours per item (the source_cooc and history_cooc signals)
+    page_rows: int = 6  # homepage page: rows ...
+    row_length: int = 8  # ... of this many items ...
+    genre_cap: int = 3  # ... with at most this many of one genre in a row
+
+    def validate(self) -> None:
+        _one_of("heads.mode", self.mode, ("unified", "separate"))
+        _one_of("heads.fm", self.fm, ("frozen", "finetune"))
+        if not 0 < self.holdout < 1:
+            raise ConfigError("heads.holdout must be in (0, 1)")
+        if min(self.epochs, self.batch_size, self.text_dim, self.hidden, self.word_buckets, self.trigram_buckets,
+               self.max_train_per_task, self.max_test_per_task, self.page_rows, self.row_length,
+               self.genre_cap) < 1:
+            raise ConfigError("heads: sizes, counts and epochs must be at least 1")
+
+
+@dataclass
 class RecfmConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/<name>-<time>
@@ -112,6 +148,7 @@ class RecfmConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def validate(self) -> None:
         for f in fields(self):

@@ -1,7 +1,13 @@
 """A prepared dataset in memory: flat per-event arrays with per-user offsets, and the split's stages.
 
-A stage is what one evaluation sees. "val": fit on every user's s[:n_train], predict s[n_train].
-"test": fit on s[:n_fit], predict s[n_fit]. See `prepare.py` for how n_train and n_fit are set.
+A stage is what one evaluation sees. "val": fit on every user's s[:n_train]; "test": fit on s[:n_fit]. See
+`prepare.py` for how n_train and n_fit are set. What a stage predicts (`eval_requests`):
+  - loo: one target per user, s[n_train] (val) or s[n_fit] (test), from the events before it;
+  - time: every event of the stage's period, s[p] for n_train <= p < n_fit (val) or n_fit <= p < L (test),
+    each from the user's events before it, s[:p]. Models are fitted only on events before the cutoff, but a
+    request's history is everything the user did before it: the user keeps using the product after the
+    model was trained. Most MovieLens users are active in one period only, so one target per user would leave
+    a handful of users straddling each cutoff.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from recfm.fm.batching import positions
 from recfm.platform.data.prepare import SEQUENCES_DIR, PreparedInfo
 
 STAGES = ("val", "test")
@@ -84,6 +91,31 @@ class Sequences:
         prefix = self.prefix(stage)
         limit = self.n_fit if stage == "val" else self.lengths
         return np.flatnonzero((prefix < limit) & (prefix > 0))
+
+    def eval_requests(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """(users, prefixes) of `stage`'s targets: request r predicts item s_u[p] from s_u[:p], u = users[r],
+        p = prefixes[r] (see the module docstring)."""
+        if self.info.split != "time":
+            users = self.eval_users(stage)
+            return users, self.prefix(stage)[users]
+        low, high = (self.n_train, self.n_fit) if stage == "val" else (self.n_fit, self.lengths)
+        user, position = self.event_user, self.event_position
+        chosen = (position >= low[user]) & (position < high[user]) & (position > 0)
+        return user[chosen].astype(np.int64), position[chosen]
+
+    def request_targets(self, users: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+        return self.events["item"][self.offsets[users] + prefixes]
+
+    def request_history(self, users: np.ndarray, prefixes: np.ndarray) -> sp.csr_matrix:
+        """[requests, items] 0/1: the items of each request's history s_u[:p]."""
+        starts = self.offsets[users]
+        rows = np.repeat(np.arange(len(users)), prefixes)
+        cols = self.events["item"][np.repeat(starts, prefixes) + positions(prefixes)]
+        matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                               shape=(len(users), self.n_items))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
 
     def targets(self, stage: str, users: np.ndarray) -> np.ndarray:
         return self.events["item"][self.offsets[users] + self.prefix(stage)[users]]

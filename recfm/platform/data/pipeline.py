@@ -19,6 +19,7 @@ from recfm.platform.data.sequences import import_sequences
 
 _IMPORT_KEYS = ("source", "format", "mode", "id_type", "mapping", "ts_unit", "items")
 _PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions")
+PREPARE_VERSION = 2  # bumped when prepare's output changes, so cached outputs are rebuilt
 
 
 def import_source(cfg: DataConfig, out: Path) -> DatasetInfo:
@@ -35,7 +36,7 @@ def ensure_prepared(cfg: DataConfig, log: Callable[[str], None] = print) -> Path
     """The prepared-data directory for `cfg`, importing and preparing only what is missing or stale."""
     settings = asdict(cfg)
     import_params = {k: settings[k] for k in _IMPORT_KEYS} | {"files": _fingerprint(cfg)}
-    prepare_params = {k: settings[k] for k in _PREPARE_KEYS}
+    prepare_params = {k: settings[k] for k in _PREPARE_KEYS} | {"version": PREPARE_VERSION}
     base = Path(cfg.cache_dir) / f"{Path(cfg.source).name.split('.')[0]}-{_digest(import_params)}"
     imported = base / "imported"
     prepared = base / f"prepared-{_digest(prepare_params)}"

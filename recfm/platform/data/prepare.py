@@ -22,7 +22,8 @@ earlier event.
   - loo (leave-one-out): n_train = L - 2, n_fit = L - 1. Users with fewer than 3 events get no targets
     (their events stay training data) and are counted.
   - time: with cutoffs val < test (timestamps, or quantiles of all event times when in (0, 1)), n_train counts
-    events before `val`, n_fit events before `test`; the targets are the first events at or after each cutoff.
+    events before `val`, n_fit events before `test`; every event at or after a cutoff (with an earlier event of
+    the same user) is a target, predicted from the user's events before it (`Sequences.eval_requests`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class PreparedInfo:
     items: int = 0
     events: int = 0
     context_events: int = 0
-    val_users: int = 0
+    val_users: int = 0  # users with a validation target
     test_users: int = 0
+    val_targets: int = 0  # = val_users for loo; every event of the validation period for time
+    test_targets: int = 0
     users_without_targets: int = 0
     params: dict = field(default_factory=dict)  # what `ensure_prepared` compares to reuse this output
 
@@ -85,7 +88,8 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if split == "time" and not info.has_time:
-        raise DataError(str(dataset), "the time split needs real timestamps; this dataset has only event order")
+        raise DataError(str(dataset), "the time split needs real timestamps; this dataset has only event order "
+                                      "(use data.split=loo)")
     actions = list(actions or info.interaction_actions)
     events = ds.dataset(dataset / EVENTS_DIR, format="parquet")
     facets = list(CATEGORICAL_FACETS) + extra_facets(events.schema)
@@ -131,13 +135,19 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
     (out / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
     _write_context(out, context, user_ids, item_ids)
 
-    val_users = int(((n_train < n_fit) & (n_train > 0)).sum())
-    test_users = int(((n_fit < lengths) & (n_fit > 0)).sum())
+    if split == "time":  # every event after a cutoff with some history is a target (`Sequences.eval_requests`)
+        val_counts = np.maximum(n_fit - np.maximum(n_train, 1), 0)
+        test_counts = np.maximum(lengths - np.maximum(n_fit, 1), 0)
+    else:
+        val_counts = ((n_train < n_fit) & (n_train > 0)).astype(np.int64)
+        test_counts = ((n_fit < lengths) & (n_fit > 0)).astype(np.int64)
+    val_users, test_users = int((val_counts > 0).sum()), int((test_counts > 0).sum())
     prepared = PreparedInfo(
         source=info.source, dataset=str(dataset), split=split, val_cutoff=val_ts, test_cutoff=test_ts,
         interaction_actions=actions,
         facets=facets, has_time=info.has_time, users=len(user_ids), items=len(item_ids), events=int(offsets[-1]),
         context_events=context.num_rows, val_users=val_users, test_users=test_users,
+        val_targets=int(val_counts.sum()), test_targets=int(test_counts.sum()),
         users_without_targets=len(user_ids) - test_users,
     )
     prepared.save(out)
@@ -218,8 +228,10 @@ def _write_context(out: Path, context: pa.Table, user_ids: pa.Array, item_ids: p
 def describe(info: PreparedInfo) -> str:
     text = (f"prepared {info.events:,} interactions of {info.users:,} users on {info.items:,} items "
             f"({info.split} split): {info.val_users:,} validation and {info.test_users:,} test users")
+    if info.split == "time":
+        text += f" with {info.val_targets:,} and {info.test_targets:,} targets (every event after a cutoff)"
     if info.users_without_targets:
-        reason = "fewer than 3 events" if info.split == "loo" else "no history before or no event after a cutoff"
+        reason = "fewer than 3 events" if info.split == "loo" else "no event after the test cutoff"
         text += f"; {info.users_without_targets:,} users have no test target ({reason}; their events train only)"
     if info.split == "time":
         text += (f"; cutoffs {time.strftime('%Y-%m-%d', time.gmtime(info.val_cutoff))} (val) and "

@@ -13,6 +13,7 @@ from recfm.platform.evaluation.baselines import EASE, ItemKNN, MostPop, Scorer
 from recfm.platform.evaluation.metrics import RankingMetrics
 
 SELECTION_METRIC = "NDCG@10"
+PROTOCOL_VERSION = 2  # bumped when what a stage evaluates changes (2: every event after a time cutoff)
 
 
 @dataclass
@@ -29,18 +30,17 @@ class ModelResult:
 
 def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_size: int = 1024,
              seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
-    """Full-ranking metrics of a fitted scorer on `stage`'s targets; history items are excluded."""
-    users = seqs.eval_users(stage)
+    """Full-ranking metrics of a fitted scorer on `stage`'s requests; each request's history is excluded."""
+    users, prefixes = seqs.eval_requests(stage)
     if len(users) == 0:
         raise ValueError(f"no users have a {stage} target: check the split")
-    history = seqs.history_matrix(stage)
     metrics = RankingMetrics(seqs.n_items, ks, seqs.item_counts(stage), seed=seed)
-    targets = torch.from_numpy(seqs.targets(stage, users).astype(np.int64))
+    targets = torch.from_numpy(seqs.request_targets(users, prefixes).astype(np.int64))
     with torch.no_grad():
         for start in range(0, len(users), batch_size):
-            batch = users[start:start + batch_size]
-            scores = scorer.score(batch).float().clone()
-            seen = history[batch].tocoo()
+            batch, known = users[start:start + batch_size], prefixes[start:start + batch_size]
+            scores = scorer.score(batch, known).float().clone()
+            seen = seqs.request_history(batch, known).tocoo()
             scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = (
                 -torch.inf)
             metrics.add(scores, targets[start:start + batch_size])

@@ -21,7 +21,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from recfm.fm.batching import SequenceBatch, inference_batch, positions, training_batch
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.data.prepare import SEQUENCES_DIR
+from recfm.platform.data.prepare import SEQUENCES_DIR, PreparedInfo
 
 
 def _rows(batch: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
@@ -90,13 +90,24 @@ class ValidationCollate(NumpyBatchCollateFn):
             torch.from_numpy(np.concatenate(history).astype(np.int64)))
 
 
-def validation_table(prepared: Path, max_users: int, seed: int) -> pa.Table:
-    """Users with a validation target (and history before it); a fixed random subset if `max_users`."""
+def validation_table(prepared: Path, max_rows: int, seed: int) -> pa.Table:
+    """One row per validation request (see `Sequences.eval_requests`): the user's sequence, with `n_train` set to
+    the request's history length. loo: users with a target and history before it; time: every event of the
+    validation period. A fixed random subset of `max_rows` when that is set."""
     table = pq.read_table(Path(prepared) / SEQUENCES_DIR)
-    lengths = pc.list_value_length(table["item"])
-    keep = pc.and_(pc.greater(table["n_train"], 0), pc.less(table["n_train"], table["n_fit"]))
-    table = table.filter(pc.and_(keep, pc.greater(lengths, 0)))
-    if max_users and table.num_rows > max_users:
-        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_users, replace=False))
-        table = table.take(pa.array(rows))
-    return table
+    n_train, n_fit = table["n_train"].to_numpy().astype(np.int64), table["n_fit"].to_numpy().astype(np.int64)
+    if PreparedInfo.load(Path(prepared)).split == "time":
+        first = np.maximum(n_train, 1)
+        count = np.maximum(n_fit - first, 0)
+        rows = np.repeat(np.arange(table.num_rows), count)
+        prefixes = np.repeat(first, count) + positions(count)
+    else:
+        lengths = pc.list_value_length(table["item"]).to_numpy()
+        rows = np.flatnonzero((n_train > 0) & (n_train < n_fit) & (lengths > 0))
+        prefixes = n_train[rows]
+    if max_rows and len(rows) > max_rows:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(rows), max_rows, replace=False))
+        rows, prefixes = rows[chosen], prefixes[chosen]
+    table = table.take(pa.array(rows))
+    column = table.schema.get_field_index("n_train")
+    return table.set_column(column, "n_train", pa.array(prefixes, type=table.schema.field(column).type))

@@ -24,24 +24,24 @@ import pyarrow.parquet as pq
 from recfm.fm.model import build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.config import RecfmConfig
+from recfm.platform.config import RecfmConfig, TrainConfig
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
 from recfm.platform.data.prepare import SEQUENCES_DIR
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
-from recfm.platform.evaluation.harness import ModelResult, run_baselines, tune_and_test
+from recfm.platform.evaluation.harness import PROTOCOL_VERSION, ModelResult, run_baselines, tune_and_test
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import load_weights, read_state
+from recfm.platform.train.heads import train_heads
 from recfm.platform.train.metrics import METRICS_FILE
 from recfm.platform.train.worker import SELECTION, train_worker
+from recfm.platform.trained import BEST_LINK, MODEL_FILE
 
 RAY_DIR = "ray"
 RAY_RUN_NAME = "train"
-MODEL_FILE = "model.json"
 ITEM_PROB_FILE = "item_prob.npy"
-BEST_LINK = "best_checkpoint"
 
 # Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
 # machines, and a hang on mismatched reports becomes an error instead.
@@ -64,12 +64,20 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
     spec = _model_spec(cfg, seqs, run_dir, resumed=resume is not None)
     log(f"training in {run_dir} ({cfg.train.workers} Ray workers)")
     started = time.perf_counter()
-    best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
-    log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
-    results, notes = _baselines(seqs, cfg, log)
-    results.append(test_checkpoint(best, spec, cfg, seqs))
-    print_table = write_results(run_dir, results, seqs.info, cfg.eval.ks, notes)
-    log(print_table)
+    try:
+        best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
+        log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
+        results, notes = _baselines(seqs, cfg, log)
+        results.append(test_checkpoint(best, spec, cfg, seqs))
+        log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes))
+        if cfg.heads.enabled and seqs.info.split == "time":
+            train_heads(run_dir, cfg, address, log)
+        elif cfg.heads.enabled:
+            log("heads skipped: they are trained and tested across time (data.split=time)")
+    finally:
+        import ray
+
+        ray.shutdown()
     return run_dir
 
 
@@ -88,18 +96,12 @@ def _model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, resumed: bool)
     return spec
 
 
-def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
-                     log=print) -> Path:
-    """Runs the TorchTrainer; returns the best checkpoint's directory."""
+def start_ray(t: TrainConfig, address: str | None) -> None:
+    """Joins the cluster at `address` (or the job's, under `ray job submit`), or starts a local Ray."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.data import training_windows, validation_table
-
-    t = cfg.train
     # Inside a Ray job (`ray job submit -- recfm train …`) RAY_ADDRESS names the job's cluster: join it.
     address = address or os.environ.get("RAY_ADDRESS")
     local = address in (None, "local")
@@ -108,7 +110,20 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
         ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
                  num_cpus=int(np.ceil(t.workers * t.cpus_per_worker)) + 1 if local else None,
                  logging_level="WARNING", configure_logging=True)
+
+
+def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
+                     log=print) -> Path:
+    """Runs the TorchTrainer; returns the best checkpoint's directory."""
+    start_ray(cfg.train, address)
+    import ray
     import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from recfm.platform.train.data import training_windows, validation_table
+
+    t = cfg.train
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     # The sequences go into Ray's object store from here: on a small machine, read tasks would wait for CPUs the
@@ -132,7 +147,6 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     )
     with _ProgressPrinter(run_dir / METRICS_FILE, log):
         result = trainer.fit()
-    ray.shutdown()
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECTION, -1.0), default=None)
     if best is None:
         raise RuntimeError("training reported no checkpoint")
@@ -165,7 +179,7 @@ def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequen
 def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
     """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
     e = cfg.eval
-    key = json.dumps(asdict(e), sort_keys=True)
+    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION}, sort_keys=True)
     cache = seqs.directory / f"baselines-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
     if cache.exists():
         cached = json.loads(cache.read_text())

@@ -1,0 +1,137 @@
+"""The task heads: thin rankers over the foundation model's user and item representations.
+
+    context  = user vector (FM, or a learned "no user" vector) ⊕ source item embedding (FM item table)
+               ⊕ query vector (hashed text encoder) ⊕ task + hour + surface + device embeddings
+    h        = MLP(context)
+    score(i) = Σ_s w_s(h)·signal_s(i) + w_fm(h)·standardised FM score(i)
+               + ⟨A h, item embedding_i⟩ + ⟨B h, text vector_i⟩
+
+The per-request weights let one model lean on lexical match for search, co-occurrence for similars and the
+FM for the homepage: the task embedding is just another part of the context (the unified ranker, UniCoRn's
+design). `mode: separate` trains one such ranker per task instead, for comparison. The FM is either frozen
+(its outputs are inputs: the embedding-consumer pattern) or fine-tuned with the heads (the subgraph pattern).
+Scores start as the plain sum of the signals, so an untrained ranker is already a sensible blend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from recfm.fm.batching import SequenceBatch
+from recfm.fm.model import UserFoundationModel
+from recfm.heads.examples import TASKS
+from recfm.heads.signals import SIGNALS
+from recfm.heads.text import TextEncoder
+
+MODES = ("unified", "separate")
+FM_MODES = ("frozen", "finetune")
+
+
+@dataclass
+class HeadsSpec:
+    """What rebuilds the heads around a given foundation model."""
+
+    mode: str = "unified"
+    fm: str = "frozen"
+    text_dim: int = 32
+    hidden: int = 64
+    word_buckets: int = 1 << 15
+    trigram_buckets: int = 1 << 15
+    surfaces: int = 1
+    devices: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HeadsBatch:
+    history: SequenceBatch  # the FM's input, for the rows in `has_user` only
+    has_user: torch.Tensor  # bool [B]: the request has a known user with history
+    source: torch.Tensor  # int64 [B], -1 = none
+    query: KeyedJaggedTensor  # hashed words and trigrams of each request's query
+    task: torch.Tensor  # int64 [B]
+    hour: torch.Tensor
+    surface: torch.Tensor
+    device: torch.Tensor
+    signals: torch.Tensor  # float32 [B, items, len(SIGNALS)]
+    exclude: torch.Tensor  # bool [B, items]: not rankable for this request (already seen, the source item)
+    target: torch.Tensor  # int64 [B], -1 when serving
+
+
+class ContextualRanker(nn.Module):
+    def __init__(self, fm_dim: int, spec: HeadsSpec):
+        super().__init__()
+        t = spec.text_dim
+        self.task = nn.Embedding(len(TASKS), t)
+        self.hour = nn.Embedding(24, t)
+        self.surface = nn.Embedding(max(spec.surfaces, 1), t)
+        self.device = nn.Embedding(max(spec.devices, 1), t)
+        self.context = nn.Sequential(nn.Linear(2 * fm_dim + 2 * t, spec.hidden), nn.GELU(),
+                                     nn.Linear(spec.hidden, spec.hidden), nn.GELU())
+        self.signal_weights = nn.Linear(spec.hidden, len(SIGNALS) + 1)
+        self.to_item = nn.Linear(spec.hidden, fm_dim)
+        self.to_text = nn.Linear(spec.hidden, t)
+        for layer in (self.signal_weights, self.to_item, self.to_text):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.ones_(self.signal_weights.bias)
+
+    def forward(self, user: torch.Tensor, source: torch.Tensor, query: torch.Tensor, batch: HeadsBatch,
+                rows: torch.Tensor, fm_scores: torch.Tensor, items: torch.Tensor,
+                item_text: torch.Tensor) -> torch.Tensor:
+        categorical = (self.task(batch.task[rows]) + self.hour(batch.hour[rows]) + self.surface(batch.surface[rows])
+                       + self.device(batch.device[rows]))
+        h = self.context(torch.cat([user, source, query, categorical], dim=-1))
+        w = self.signal_weights(h)
+        signals = torch.cat([batch.signals[rows], fm_scores[:, :, None]], dim=-1)
+        return ((signals * w[:, None, :]).sum(-1) + self.to_item(h) @ items.T
+                + self.to_text(h) @ item_text.T)
+
+
+class HeadsModel(nn.Module):
+    def __init__(self, fm: UserFoundationModel, spec: HeadsSpec):
+        super().__init__()
+        self.fm, self.spec = fm, spec
+        dim = fm.cfg.dim
+        if spec.fm == "frozen":
+            fm.requires_grad_(False)
+        self.text = TextEncoder(spec.text_dim, spec.word_buckets, spec.trigram_buckets)
+        self.no_user = nn.Parameter(torch.zeros(dim))
+        self.no_item = nn.Parameter(torch.zeros(dim))
+        names = ["unified"] if spec.mode == "unified" else list(TASKS)
+        self.rankers = nn.ModuleDict({name: ContextualRanker(dim, spec) for name in names})
+
+    def forward(self, batch: HeadsBatch, item_text: KeyedJaggedTensor) -> torch.Tensor:
+        """Scores [B, items]; excluded items get -inf."""
+        items, user = self._fm(batch)
+        fm_scores = user @ items.T
+        fm_scores = (fm_scores - fm_scores.mean(1, keepdim=True)) / (fm_scores.std(1, keepdim=True) + 1e-6)
+        has_source = batch.source >= 0
+        source = torch.where(has_source[:, None], items[batch.source.clamp(min=0)], self.no_item)
+        query = self.text(batch.query)
+        item_vectors = self.text(item_text)
+        scores = torch.empty(batch.task.shape[0], items.shape[0])
+        for name, ranker in self.rankers.items():
+            rows = torch.arange(len(batch.task)) if name == "unified" else torch.nonzero(
+                batch.task == TASKS.index(name)).flatten()
+            if len(rows) == 0:
+                continue
+            scores[rows] = ranker(user[rows], source[rows], query[rows], batch, rows, fm_scores[rows], items,
+                                  item_vectors)
+        return scores.masked_fill(batch.exclude, -torch.inf)
+
+    def _fm(self, batch: HeadsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item table and each request's user vector (the FM's next-item query for users with history)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.spec.fm == "finetune"):
+            items = self.fm.item_table()
+            vectors = self.fm.query(self.fm(batch.history).user, 1) if bool(batch.has_user.any()) else None
+        user = self.no_user.expand(len(batch.task), -1)
+        if vectors is not None:
+            placed = torch.zeros_like(user).index_put((torch.nonzero(batch.has_user).flatten(),), vectors)
+            user = torch.where(batch.has_user[:, None], placed, user)
+        return items, user

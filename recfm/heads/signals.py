@@ -1,0 +1,86 @@
+"""Catalog-wide signals the ranker weighs per request, all fitted on events before one cutoff.
+
+    lexical        BM25 of the query against the item's title, genres, year and tags (tags applied before the
+                   cutoff only), divided by the request's best match
+    lexical_any    1 where any query word matches
+    popularity     log interactions, scaled to [0, 1]
+    source_cooc    co-occurrence cosine (top-k neighbours) of the item with the request's source item
+    history_cooc   the same summed over the user's last `recent` items, divided by the request's best
+    seen           1 where the user already interacted with the item
+
+The same code builds them for training (fitted before the validation cutoff) and for test and serving
+(fitted before the test cutoff), so no signal ever reads an event after the time it stands for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recfm.heads.text import BM25
+
+SIGNALS = ("lexical", "lexical_any", "popularity", "source_cooc", "history_cooc", "seen")
+
+
+@dataclass
+class CatalogSignals:
+    bm25: BM25
+    log_pop: np.ndarray  # float32 [items] in [0, 1]
+    neighbours: sp.csr_matrix  # [items, items] cosine of each item's top-k co-occurring items
+    documents: list[str]  # each item's text as BM25 and the text encoder see it
+
+    @classmethod
+    def fit(cls, documents: list[str], user: np.ndarray, item: np.ndarray, n_items: int, k: int = 100,
+            shrink: float = 10.0) -> CatalogSignals:
+        """From the (user, item) interactions known at the cutoff."""
+        counts = np.bincount(item, minlength=n_items).astype(np.float64)
+        log_pop = (np.log1p(counts) / max(np.log1p(counts.max(initial=0)), 1e-9)).astype(np.float32)
+        x = sp.csr_matrix((np.ones(len(user), dtype=np.float32), (user, item)),
+                          shape=(int(user.max(initial=-1)) + 1, n_items))
+        x.data[:] = 1.0
+        gram = (x.T @ x).tocsr().astype(np.float32)
+        norms = np.sqrt(gram.diagonal())
+        gram.setdiag(0.0)
+        gram.eliminate_zeros()
+        coo = gram.tocoo()
+        cosine = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
+        neighbours = _top_k_per_row(sp.csr_matrix((cosine, (coo.row, coo.col)), shape=gram.shape), k)
+        return cls(BM25(documents), log_pop, neighbours, documents)
+
+    def features(self, queries: list[str], source: np.ndarray, histories: list[np.ndarray],
+                 recent: int = 20) -> torch.Tensor:
+        """[requests, items, len(SIGNALS)] float32."""
+        n = len(self.log_pop)
+        lexical = self.bm25.scores(queries)
+        best = lexical.max(1, keepdims=True)
+        source_cooc = np.zeros((len(queries), n), dtype=np.float32)
+        has_source = source >= 0
+        source_cooc[has_source] = self.neighbours[source[has_source]].toarray()
+        recent_rows = sp.csr_matrix(_rows(histories, n, recent))
+        history_cooc = np.asarray((recent_rows @ self.neighbours).todense(), dtype=np.float32)
+        history_cooc /= np.maximum(history_cooc.max(1, keepdims=True), 1e-9)
+        seen = _rows(histories, n, None)
+        out = np.stack([np.divide(lexical, best, out=np.zeros_like(lexical), where=best > 0),
+                        (lexical > 0).astype(np.float32), np.broadcast_to(self.log_pop, lexical.shape),
+                        source_cooc, history_cooc, seen], axis=-1)
+        return torch.from_numpy(out)
+
+
+def _rows(histories: list[np.ndarray], n: int, last: int | None) -> np.ndarray:
+    """0/1 rows marking each history's items (only its `last` most recent, when given)."""
+    out = np.zeros((len(histories), n), dtype=np.float32)
+    for row, items in enumerate(histories):
+        out[row, items if last is None else items[-last:]] = 1.0
+    return out
+
+
+def _top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    coo = matrix.tocoo()
+    order = np.lexsort((-coo.data, coo.row))  # by row, largest first
+    rows = coo.row[order]
+    first = np.searchsorted(rows, rows, side="left")
+    keep = order[np.arange(len(order)) - first < k]
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=matrix.shape)

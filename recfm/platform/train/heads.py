@@ -1,0 +1,338 @@
+"""`recfm heads train`: trains the task heads of a finished FM run on Ray, then tests them beside each task's
+baselines. Written into the run directory:
+
+    heads/heads.pt       the heads' weights (and the FM's, when fine-tuned)   heads/heads.json  what rebuilds them
+    heads/results.md     per task: the heads and the baselines on the same test requests   heads/results.json
+
+Time protocol (data.split=time, cutoffs val < test): the FM learned from events before `val`. The heads learn
+from requests in [val, test), which the FM never saw, so its scores on them are honest; the latest
+`heads.holdout` of those picks the epoch. Every request at or after `test` is a test request. Signals are
+fitted on events (and tags) before `val` for training and before `test` for testing.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from recfm.fm.model import build_model
+from recfm.heads.batch import EventLog, heads_batch
+from recfm.heads.context import impute
+from recfm.heads.evaluate import evaluate_scorer, task_baselines
+from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
+from recfm.heads.model import HeadsModel, HeadsSpec
+from recfm.heads.signals import CatalogSignals
+from recfm.heads.text import text_features
+from recfm.platform.config import HeadsConfig, RecfmConfig, config_from_dict
+from recfm.platform.evaluation.baselines import EASE
+from recfm.platform.runtime import configure_process
+from recfm.platform.trained import TrainedRun
+
+HEADS_DIR = "heads"
+WEIGHTS_FILE = "heads.pt"
+SPEC_FILE = "heads.json"
+SELECTION = "holdout_ndcg10"
+
+
+def build_examples(run: TrainedRun, start: float, end: float, hc: HeadsConfig) -> HeadExamples:
+    """Every task's requests in [start, end), imputed."""
+    seqs, catalog = run.sequences, run.catalog
+    item, ts = seqs.events["item"], seqs.events["ts"]
+    parts = [
+        search_examples(seqs.offsets, ts, catalog.tag_user, catalog.tag_item, catalog.tag_ts, catalog.tag_text,
+                        start, end),
+        similars_examples(seqs.offsets, item, ts, start, end),
+        homepage_examples(seqs.offsets, item, ts, start, end, 60 * hc.session_gap_minutes),
+    ]
+    return impute(HeadExamples.concat(parts), seqs.offsets, item, catalog.text)
+
+
+def _rankable(examples: HeadExamples, log: EventLog) -> np.ndarray:
+    """Requests whose answer is not excluded for them (an item seen before, on tasks that exclude those)."""
+    histories = log.histories(examples.user, np.where(examples.user >= 0, examples.known, 0))
+    excluding = examples.task != TASKS.index("search")
+    return np.array([not (ex and (t in set(h.tolist()) or t == s))
+                     for ex, t, h, s in zip(excluding, examples.target, histories, examples.item, strict=True)])
+
+
+def _per_task_subset(examples: HeadExamples, limit: int, seed: int) -> HeadExamples:
+    rng = np.random.default_rng(seed)
+    keep = []
+    for t in range(len(TASKS)):
+        index = np.flatnonzero(examples.task == t)
+        keep.append(np.sort(rng.choice(index, limit, replace=False)) if len(index) > limit else index)
+    return examples.take(np.concatenate(keep))
+
+
+def _holdout_split(examples: HeadExamples, share: float) -> tuple[HeadExamples, HeadExamples]:
+    """The latest `share` of each task's requests (by time) is the holdout."""
+    holdout = np.zeros(len(examples), dtype=bool)
+    for t in range(len(TASKS)):
+        index = np.flatnonzero(examples.task == t)
+        if len(index) >= 2:
+            latest = index[np.argsort(examples.ts[index], kind="stable")][-max(1, int(share * len(index))):]
+            holdout[latest] = True
+    return examples.take(np.flatnonzero(~holdout)), examples.take(np.flatnonzero(holdout))
+
+
+def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None = None, log=print,
+                out_name: str = HEADS_DIR) -> Path:
+    """Trains and tests the heads of the FM run in `run_dir` (its own config unless `cfg` is given), into
+    `run_dir/out_name`."""
+
+    run = TrainedRun.open(run_dir)
+    if cfg is not None:
+        run.cfg = cfg
+    cfg, hc = run.cfg, run.cfg.heads
+    info = run.sequences.info
+    if info.split != "time":
+        raise ValueError(f"the heads are trained and tested across time: {run.directory} was trained with "
+                         f"data.split={info.split}; train one with data.split=time")
+    configure_process(cfg.threads)
+    started = time.perf_counter()
+    seqs = run.sequences
+    log_events = EventLog(seqs.offsets, seqs.events)
+    val_cut, test_cut = float(info.val_cutoff), float(info.test_cutoff)
+    train_signals = _fit_signals(run, val_cut, hc)
+    examples = build_examples(run, val_cut, test_cut, hc)
+    examples = examples.take(np.flatnonzero(_rankable(examples, log_events)))
+    examples = _per_task_subset(examples, hc.max_train_per_task, cfg.train.seed)
+    train_part, holdout = _holdout_split(examples, hc.holdout)
+    log(f"heads: training requests {train_part.counts()}, holdout {holdout.counts()} (from "
+        f"{time.strftime('%Y-%m-%d', time.gmtime(val_cut))} to {time.strftime('%Y-%m-%d', time.gmtime(test_cut))})")
+    fm = run.foundation_model()
+    spec = HeadsSpec(hc.mode, hc.fm, hc.text_dim, hc.hidden, hc.word_buckets, hc.trigram_buckets,
+                     len(seqs.vocab.get("surface", [None])), len(seqs.vocab.get("device", [None])))
+    if len(train_part) < cfg.train.workers or len(holdout) == 0:
+        raise ValueError(f"too few head training requests after the validation cutoff ({len(train_part)} for "
+                         f"training, {len(holdout)} for the holdout): move data.val_cutoff earlier")
+    state = _fit_on_ray(cfg, run, fm.state_dict(), spec, log_events, train_signals, train_part, holdout,
+                        address, log)
+    out = run.directory / out_name
+    out.mkdir(exist_ok=True)
+    torch.save(state, out / WEIGHTS_FILE)
+    (out / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "heads": asdict(hc)}, indent=1) + "\n")
+    log(f"heads trained in {(time.perf_counter() - started) / 60:.1f} min; testing")
+    model = HeadsModel(fm, spec)
+    model.load_state_dict(state)
+    table = test_heads(run, model, hc, log)
+    (out / "results.md").write_text(table)
+    log(table)
+    return out
+
+
+def _fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig) -> CatalogSignals:
+    seqs = run.sequences
+    known = seqs.events["ts"] < cutoff
+    return CatalogSignals.fit(run.catalog.documents(cutoff), seqs.event_user[known], seqs.events["item"][known],
+                              seqs.n_items, hc.neighbours)
+
+
+def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSpec, log_events: EventLog,
+                signals: CatalogSignals, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
+                log) -> dict:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from recfm.platform.train.job import RAY_DIR, start_ray
+
+    start_ray(cfg.train, address)
+    payload = ray.put({"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
+                       "signals": signals, "train": train_part, "holdout": holdout})
+    t = cfg.train
+    trainer = TorchTrainer(
+        heads_worker, train_loop_config={"cfg": asdict(cfg), "payload": payload},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=False,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name="heads", storage_path=str(run.directory / RAY_DIR),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+        torch_config=TorchConfig(backend="gloo"))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("heads training reported no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        best = json.loads((Path(directory) / "best.json").read_text())
+        log(f"heads: best holdout NDCG@10 {best['value']:.4f} at epoch {best['epoch']} ({best['stopped']})")
+        return torch.load(Path(directory) / WEIGHTS_FILE, weights_only=True)
+
+
+def heads_worker(config: dict) -> None:
+    """Ray Train's `train_loop_per_worker` for the heads (DDP over the workers)."""
+    import ray
+    import ray.train
+
+    configure_process(threads=1)
+    cfg = config_from_dict(config["cfg"])
+    payload = config["payload"]
+    if isinstance(payload, ray.ObjectRef):
+        payload = ray.get(payload)
+    ctx = ray.train.get_context()
+    fit_heads(cfg, payload, ctx.get_world_rank(), ctx.get_world_size(), _ray_report)
+
+
+def _ray_report(metrics: dict, state: dict | None, best: dict | None) -> None:
+    import ray.train
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, Path(directory) / WEIGHTS_FILE)
+        (Path(directory) / "best.json").write_text(json.dumps(best))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) -> None:
+    """The training loop on one worker: this rank's share of every epoch, holdout NDCG@10 all-reduced, early
+    stopping; rank 0 reports the weights whenever the holdout figure improves, and once more at the end."""
+    hc = cfg.heads
+    torch.manual_seed(cfg.train.seed)
+    fm = build_model(payload["fm_spec"])
+    fm.load_state_dict(payload["fm_state"])
+    spec, log_events, signals = payload["spec"], payload["log"], payload["signals"]
+    model = HeadsModel(fm, spec)
+    trained = model
+    if world > 1 and dist.is_initialized():
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("fm.") and p.requires_grad]
+    groups = [{"params": head_params, "lr": hc.lr}]
+    if spec.fm == "finetune":
+        groups.append({"params": [p for p in model.fm.parameters() if p.requires_grad], "lr": hc.fm_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    item_text = text_features(signals.documents, spec.word_buckets, spec.trigram_buckets)
+    examples, holdout = payload["train"], payload["holdout"]
+
+    def batch_of(ex: HeadExamples):
+        return heads_batch(ex, log_events, signals, fm.tokenizer, fm.cfg.max_len, spec.word_buckets,
+                           spec.trigram_buckets)
+
+    best, best_state, stale, stopped = {"value": -1.0, "epoch": 0, "stopped": ""}, None, 0, ""
+    size = min(hc.batch_size, len(examples) // world)
+    steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
+    for epoch in range(1, hc.epochs + 1):
+        model.train()
+        if spec.fm == "frozen":
+            model.fm.eval()
+        order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(examples))[rank::world]
+        losses = []
+        for step in range(steps):
+            index = order[step * size:(step + 1) * size]
+            batch = batch_of(examples.take(index))
+            loss = F.cross_entropy(trained(batch, item_text), batch.target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+        model.eval()
+        mine = holdout.take(np.arange(rank, len(holdout), world))
+        ndcg = _ndcg_sum(model, [batch_of(mine.take(np.arange(s, min(s + 256, len(mine)))))
+                                 for s in range(0, len(mine), 256)], item_text)
+        totals = torch.tensor([ndcg, len(mine), float(np.mean(losses))], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        value = float(totals[0] / max(float(totals[1]), 1.0))
+        improved = value > best["value"]
+        if improved:
+            best, stale = {"value": value, "epoch": epoch, "stopped": ""}, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if stale >= hc.patience:
+            stopped = f"no better holdout NDCG@10 for {hc.patience} epochs"
+        elif epoch == hc.epochs:
+            stopped = f"all {hc.epochs} epochs done"
+        metrics = {SELECTION: value, "epoch": epoch, "loss": float(totals[2]) / world}
+        if stopped:
+            best["stopped"] = stopped
+        report(metrics, best_state if rank == 0 and (improved or stopped) else None, best)
+        if stopped:
+            break
+
+
+def _ndcg_sum(model: HeadsModel, batches: list, item_text) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            scores = model(batch, item_text)
+            target = scores.gather(1, batch.target[:, None])
+            rank = (scores > target).sum(1).double()  # optimistic on ties: selection only, never reported
+            total += float(torch.where(rank < 10, 1.0 / torch.log2(rank + 2), 0.0).sum())
+    return total
+
+
+def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -> str:
+    """Per task: the heads and the task's baselines on the same test requests; returns the markdown table."""
+    seqs = run.sequences
+    info = seqs.info
+    test_cut = float(info.test_cutoff)
+    log_events = EventLog(seqs.offsets, seqs.events)
+    signals = _fit_signals(run, test_cut, hc)
+    examples = build_examples(run, test_cut, np.inf, hc)
+    rankable = _rankable(examples, log_events)
+    examples = _per_task_subset(examples.take(np.flatnonzero(rankable)), hc.max_test_per_task, run.cfg.train.seed)
+    known = seqs.events["ts"] < test_cut
+    item_counts = np.bincount(seqs.events["item"][known], minlength=seqs.n_items)
+    ease = _fit_ease(run)
+    item_text = text_features(signals.documents, model.spec.word_buckets, model.spec.trigram_buckets)
+    fm = model.fm.eval()
+    model.eval()
+    ks = [10, 50]
+
+    def fm_scores(batch):
+        scores = torch.full((len(batch.task), seqs.n_items), 0.0)
+        if bool(batch.has_user.any()):
+            scores[batch.has_user] = fm.query(fm(batch.history).user, 1) @ fm.item_table().T
+        return scores
+
+    def ease_scores(batch):
+        rows = torch.zeros(len(batch.task), seqs.n_items)
+        rows[batch.signals[:, :, -1] > 0] = 1.0  # the `seen` signal is the user's history
+        return rows @ ease.weights
+
+    name = f"recfm heads ({hc.mode}, FM {hc.fm})"
+    lines = ["| task | model | HR@10 | NDCG@10 | NDCG@50 | MRR | requests |", "|---|---|---:|---:|---:|---:|---:|"]
+    for t, task in enumerate(TASKS):
+        task_examples = examples.take(np.flatnonzero(examples.task == t))
+        if len(task_examples) == 0:
+            lines.append(f"| {task} | - | - | - | - | - | 0 |")
+            continue
+        batches = [heads_batch(task_examples.take(np.arange(s, min(s + 128, len(task_examples)))), log_events,
+                               signals, fm.tokenizer, fm.cfg.max_len, model.spec.word_buckets,
+                               model.spec.trigram_buckets) for s in range(0, len(task_examples), 128)]
+        rows = {name: lambda b: model(b, item_text)} | task_baselines(fm_scores, ease_scores)[task]
+        for model_name, scorer in rows.items():
+            m = evaluate_scorer(scorer, batches, seqs.n_items, ks, item_counts, run.cfg.eval.seed)
+            lines.append(f"| {task} | {model_name} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} | {m['NDCG@50']:.4f} | "
+                         f"{m['MRR']:.4f} | {int(m['users']):,} |")
+    dropped = int((~rankable).sum())
+    note = (f"\nTest requests at or after {time.strftime('%Y-%m-%d', time.gmtime(test_cut))} (global time cutoff), "
+            f"full ranking over {seqs.n_items:,} items; similars and homepage exclude items the user already had "
+            f"(and the source item), search excludes nothing. {dropped} requests whose answer was excluded are "
+            f"not counted. EASE lambda {ease.lam:g}, chosen on the FM's validation targets.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _fit_ease(run: TrainedRun) -> EASE:
+    """EASE on the interactions before the test cutoff, its λ picked on the validation stage as in the harness."""
+    from recfm.platform.evaluation.harness import evaluate
+
+    seqs, grid = run.sequences, run.cfg.eval.ease_lambdas
+    best, best_value = grid[0], -1.0
+    for lam in grid:
+        scorer = EASE(lam)
+        scorer.fit(seqs, "val")
+        value = evaluate(scorer, seqs, "val", [10])[0]["NDCG@10"]
+        if value > best_value:
+            best, best_value = lam, value
+    scorer = EASE(best)
+    scorer.fit(seqs, "test")
+    return scorer

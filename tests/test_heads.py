@@ -1,0 +1,165 @@
+"""The heads' parts in one process: the unified context and its rules, text, requests from events, signals,
+the ranker's gradients, and the homepage page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recfm.fm.config import ModelConfig
+from recfm.fm.model import UserFoundationModel
+from recfm.fm.tokens import EventTokenizer, Facet
+from recfm.heads.batch import EventLog, heads_batch
+from recfm.heads.context import Request, RequestError, impute, resolve
+from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
+from recfm.heads.model import HeadsModel, HeadsSpec
+from recfm.heads.page import compose_page
+from recfm.heads.signals import SIGNALS, CatalogSignals
+from recfm.heads.text import BM25, TextEncoder, text_features
+
+# two users; items 0..5. user 0: 0 1 | (2 h later) 2 3 ; user 1: 4 5 0
+OFFSETS = np.array([0, 4, 7])
+ITEMS = np.array([0, 1, 2, 3, 4, 5, 0])
+TS = np.array([0, 60, 7260, 7320, 100, 160, 220])
+DOCS = ["toy story animation", "heat crime", "alien sci-fi horror", "aliens sci-fi action", "amelie romance",
+        "up animation"]
+
+
+def _lookup(history_length=np.array([4, 3])):
+    users, items = {"10": 0, "11": 1}, {str(100 + i): i for i in range(6)}
+    return users, items, history_length
+
+
+@pytest.mark.parametrize("request_, message", [
+    (Request("feed", user="10"), "unknown task 'feed'"),
+    (Request("search", query="   "), "search needs a non-empty query"),
+    (Request("similars", item="999"), "unknown item 999"),
+    (Request("similars"), "similars needs an item"),
+    (Request("homepage"), "homepage needs a user"),
+    (Request("search", query="x", hour=30), "hour must be 0..23"),
+])
+def test_bad_requests_are_refused_with_a_reason(request_, message):
+    with pytest.raises(RequestError, match=message):
+        resolve(request_, *_lookup())
+
+
+def test_missing_fields_are_imputed_by_the_documented_rules():
+    users, items, lengths = _lookup()
+    home, notes = resolve(Request("homepage", user="10", hour=5), users, items, lengths)
+    assert any("latest item" in n for n in notes)
+    home = impute(home, OFFSETS, ITEMS, lambda i: DOCS[i])
+    assert home.item[0] == 3 and home.known[0] == 4  # user 0's latest item
+    similar, notes = resolve(Request("similars", item="102", hour=5), users, items, lengths)
+    similar = impute(similar, OFFSETS, ITEMS, lambda i: DOCS[i])
+    assert similar.query[0] == DOCS[2] and similar.user[0] == -1 and any("query imputed" in n for n in notes)
+    stranger, notes = resolve(Request("homepage", user="nobody", hour=5), users, items, lengths)
+    assert stranger.user[0] == -1 and any("anonymous" in n for n in notes)
+    assert impute(stranger, OFFSETS, ITEMS, lambda i: DOCS[i]).item[0] == -1  # no history: nothing to impute
+    _, notes = resolve(Request("search", query="alien"), users, items, lengths)
+    assert any("hour imputed" in n for n in notes)
+
+
+def test_requests_from_events():
+    home = homepage_examples(OFFSETS, ITEMS, TS, 0, np.inf, session_gap_s=3600)
+    assert home.target.tolist() == [2] and home.known.tolist() == [2]  # the session after the 2-hour gap
+    similar = similars_examples(OFFSETS, ITEMS, TS, 100, np.inf)
+    assert similar.item.tolist() == [1, 2, 4, 5] and similar.target.tolist() == [2, 3, 5, 0]  # not 0->1 (ts 60)
+    tags = search_examples(OFFSETS, TS, np.array([0, 0, 1, 0]), np.array([2, 2, 4, -1]),
+                           np.array([7300, 7301, 50, 10]), np.array(["Aliens", "aliens ", "romance", "x"]), 0, np.inf)
+    # the repeated tag counts once; the tag on an item outside the catalog is not a request
+    assert tags.target.tolist() == [4, 2] and tags.query.tolist() == ["romance", "aliens"]
+    assert tags.known.tolist() == [0, 3]  # user 1 had no event before ts 50; user 0 had three before 7300
+
+
+def test_text_encoder_encodes_unseen_words_through_shared_trigrams():
+    torch.manual_seed(0)
+    encoder = TextEncoder(16, 1 << 12, 1 << 12)
+    a, b, c = encoder.encode(["science fiction", "sciense fiktion", "romantic comedy"])
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(a, b, dim=0) > cosine(a, c, dim=0)  # a misspelling stays close
+    first = text_features(["alien"], 97, 89).values().tolist()
+    assert first == text_features(["alien"], 97, 89).values().tolist()  # stable across calls (crc32)
+
+
+def test_bm25_prefers_the_rare_matching_term():
+    scores = BM25(DOCS).scores(["alien horror", "nothing matches"])
+    assert int(np.argmax(scores[0])) == 2 and scores[1].max() == 0.0
+
+
+def _fm():
+    tok = EventTokenizer([Facet("item", 6)])
+    return UserFoundationModel(ModelConfig(dim=8, layers=1, heads=2, max_len=8, dropout=0.0), tok)
+
+
+def _batch(fm, tasks=("search", "similars", "homepage")):
+    signals = CatalogSignals.fit(DOCS, np.repeat([0, 1], [4, 3]), ITEMS, 6, k=3)
+    n = len(tasks)
+    examples = HeadExamples(np.array([TASKS.index(t) for t in tasks]), np.array([0, 1, 0][:n]),
+                            np.array([2, 3, 4][:n]), np.array([-1, 4, 3][:n]),
+                            np.array(["alien", "", ""][:n], dtype=object), np.zeros(n, dtype=np.int64),
+                            np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                            np.array([2, 1, 5][:n]))
+    examples = impute(examples, OFFSETS, ITEMS, lambda i: DOCS[i])
+    log = EventLog(OFFSETS, {"item": ITEMS, "ts": TS, "value": np.zeros(7)})
+    return heads_batch(examples, log, signals, fm.tokenizer, 8, 64, 64), signals
+
+
+def test_signals_and_exclusions():
+    batch, signals = _batch(_fm())
+    s = batch.signals
+    assert s.shape == (3, 6, len(SIGNALS))
+    assert s[0, 2, SIGNALS.index("lexical")] == 1.0 and s[0, 0, SIGNALS.index("lexical_any")] == 0.0
+    assert s[2, :, SIGNALS.index("seen")].tolist() == [1, 1, 1, 1, 0, 0]  # user 0's four items
+    # search excludes nothing; similars excludes the history and the source; homepage the history
+    assert not batch.exclude[0].any()
+    assert batch.exclude[1].tolist() == [True, False, False, False, True, True]  # user 1 had 4 5 0
+    assert batch.exclude[2].tolist() == [True, True, True, True, False, False]
+
+
+@pytest.mark.parametrize("mode", ["unified", "separate"])
+def test_frozen_heads_train_only_themselves(mode):
+    torch.manual_seed(0)
+    fm = _fm()
+    model = HeadsModel(fm, HeadsSpec(mode=mode, fm="frozen", text_dim=8, hidden=16, word_buckets=64,
+                                     trigram_buckets=64))
+    batch, signals = _batch(fm)
+    item_text = text_features(signals.documents, 64, 64)
+    scores = model(batch, item_text)
+    assert scores.shape == (3, 6) and torch.isinf(scores[batch.exclude]).all()
+    torch.nn.functional.cross_entropy(scores, batch.target).backward()
+    assert all(p.grad is None for p in fm.parameters())
+    ranker = next(iter(model.rankers.values()))
+    assert ranker.signal_weights.weight.grad.abs().sum() > 0 and model.text.project.weight.grad is not None
+
+
+def test_finetuned_heads_reach_the_foundation_model():
+    torch.manual_seed(0)
+    fm = _fm()
+    model = HeadsModel(fm, HeadsSpec(fm="finetune", text_dim=8, hidden=16, word_buckets=64, trigram_buckets=64))
+    batch, signals = _batch(fm)
+    scores = model(batch, text_features(signals.documents, 64, 64))
+    torch.nn.functional.cross_entropy(scores, batch.target).backward()
+    assert fm.item_table().grad is not None and fm.item_table().grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fm.transformer.parameters())
+
+
+def test_homepage_page_has_no_repeats_and_caps_genres():
+    torch.manual_seed(0)
+    n = 40
+    genres = [["Drama"] if i % 2 else ["Comedy", "Drama"] if i % 3 == 0 else ["Action"] for i in range(n)]
+    home = torch.randn(n)
+    home[:3] = -torch.inf  # already seen
+    because = [("X (1999)", torch.randn(n))]
+    rows = compose_page(home, because, genres, rows=6, row_length=6, genre_cap=2)
+    placed = [i for r in rows for i in r.items]
+    assert len(placed) == len(set(placed)) and not set(placed) & {0, 1, 2}
+    assert [r.engagement for r in rows] == sorted((r.engagement for r in rows), reverse=True)
+    for row in rows:
+        own = row.title.removeprefix("Top ") if row.title.startswith("Top ") else None
+        counts = {}
+        for i in row.items:
+            for g in genres[i]:
+                counts[g] = counts.get(g, 0) + 1
+        assert all(c <= 2 for g, c in counts.items() if g != own), row
+    assert {"Top picks for you", "Because you watched X (1999)"} <= {r.title for r in rows}
