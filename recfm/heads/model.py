@@ -3,14 +3,18 @@
     context  = user vector (FM, or a learned "no user" vector) ⊕ source item embedding (FM item table)
                ⊕ query vector (hashed text encoder) ⊕ task + hour + surface + device embeddings
     h        = MLP(context)
-    score(i) = Σ_s w_s(h)·signal_s(i) + w_fm(h)·standardised FM score(i)
-               + ⟨A h, item embedding_i⟩ + ⟨B h, text vector_i⟩
+    score(i) = Σ_s w_s(h)·signal_s(i)                      the catalog signals (`recfm.heads.signals`)
+               + w_fm(h)·exp(FM score(i) - the request's best FM score)
+               + w_text(h)·cos(query vector, item text vector)   (the same encoder reads the item's text)
 
 The per-request weights let one model lean on lexical match for search, co-occurrence for similars and the
-FM for the homepage: the task embedding is just another part of the context (the unified ranker, UniCoRn's
-design). `mode: separate` trains one such ranker per task instead, for comparison. The FM is either frozen
-(its outputs are inputs: the embedding-consumer pattern) or fine-tuned with the heads (the subgraph pattern).
-Scores start as the plain sum of the signals, so an untrained ranker is already a sensible blend.
+collaborative and FM scores for the homepage: the task embedding is just another part of the context (the
+unified ranker, UniCoRn's design). `mode: separate` trains one such ranker per task instead, for comparison.
+The FM is either frozen (its outputs are inputs: the embedding-consumer pattern) or fine-tuned with the heads
+(the subgraph pattern: the FM score's gradient reaches its transformer and item table). Scores start as the
+plain sum of the signals, so an untrained ranker is already a sensible blend. A free per-item term (the
+context projected onto item embeddings) was tried and dropped: on the few thousand requests the heads learn
+from, it overfitted and ranked below its own inputs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
@@ -39,6 +44,7 @@ class HeadsSpec:
     fm: str = "frozen"
     text_dim: int = 32
     hidden: int = 64
+    dropout: float = 0.1
     word_buckets: int = 1 << 15
     trigram_buckets: int = 1 << 15
     surfaces: int = 1
@@ -71,26 +77,20 @@ class ContextualRanker(nn.Module):
         self.hour = nn.Embedding(24, t)
         self.surface = nn.Embedding(max(spec.surfaces, 1), t)
         self.device = nn.Embedding(max(spec.devices, 1), t)
-        self.context = nn.Sequential(nn.Linear(2 * fm_dim + 2 * t, spec.hidden), nn.GELU(),
-                                     nn.Linear(spec.hidden, spec.hidden), nn.GELU())
-        self.signal_weights = nn.Linear(spec.hidden, len(SIGNALS) + 1)
-        self.to_item = nn.Linear(spec.hidden, fm_dim)
-        self.to_text = nn.Linear(spec.hidden, t)
-        for layer in (self.signal_weights, self.to_item, self.to_text):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.context = nn.Sequential(nn.Linear(2 * fm_dim + 2 * t, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout),
+                                     nn.Linear(spec.hidden, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout))
+        self.signal_weights = nn.Linear(spec.hidden, len(SIGNALS) + 2)  # + the FM score and the text match
+        nn.init.zeros_(self.signal_weights.weight)
         nn.init.ones_(self.signal_weights.bias)
 
     def forward(self, user: torch.Tensor, source: torch.Tensor, query: torch.Tensor, batch: HeadsBatch,
-                rows: torch.Tensor, fm_scores: torch.Tensor, items: torch.Tensor,
-                item_text: torch.Tensor) -> torch.Tensor:
+                rows: torch.Tensor, fm_scores: torch.Tensor, text_match: torch.Tensor) -> torch.Tensor:
         categorical = (self.task(batch.task[rows]) + self.hour(batch.hour[rows]) + self.surface(batch.surface[rows])
                        + self.device(batch.device[rows]))
         h = self.context(torch.cat([user, source, query, categorical], dim=-1))
         w = self.signal_weights(h)
-        signals = torch.cat([batch.signals[rows], fm_scores[:, :, None]], dim=-1)
-        return ((signals * w[:, None, :]).sum(-1) + self.to_item(h) @ items.T
-                + self.to_text(h) @ item_text.T)
+        signals = torch.cat([batch.signals[rows], fm_scores[:, :, None], text_match[:, :, None]], dim=-1)
+        return (signals * w[:, None, :]).sum(-1)
 
 
 class HeadsModel(nn.Module):
@@ -110,20 +110,35 @@ class HeadsModel(nn.Module):
         """Scores [B, items]; excluded items get -inf."""
         items, user = self._fm(batch)
         fm_scores = user @ items.T
-        fm_scores = (fm_scores - fm_scores.mean(1, keepdim=True)) / (fm_scores.std(1, keepdim=True) + 1e-6)
+        # relative to the request's best item, exp(s - max) in (0, 1]: on the scale of the other signals
+        fm_scores = torch.exp(fm_scores - fm_scores.max(1, keepdim=True).values)
         has_source = batch.source >= 0
         source = torch.where(has_source[:, None], items[batch.source.clamp(min=0)], self.no_item)
         query = self.text(batch.query)
-        item_vectors = self.text(item_text)
+        has_query = (batch.query.lengths().view(len(batch.query.keys()), -1).sum(0) > 0)[:, None]
+        text_match = F.normalize(query, dim=-1) @ F.normalize(self.text(item_text), dim=-1).T
+        text_match = torch.where(has_query, text_match, 0.0)
         scores = torch.empty(batch.task.shape[0], items.shape[0])
         for name, ranker in self.rankers.items():
             rows = torch.arange(len(batch.task)) if name == "unified" else torch.nonzero(
                 batch.task == TASKS.index(name)).flatten()
             if len(rows) == 0:
                 continue
-            scores[rows] = ranker(user[rows], source[rows], query[rows], batch, rows, fm_scores[rows], items,
-                                  item_vectors)
+            scores[rows] = ranker(user[rows], source[rows], query[rows], batch, rows, fm_scores[rows],
+                                  text_match[rows])
         return scores.masked_fill(batch.exclude, -torch.inf)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The weights the heads own: everything but a frozen FM, which stays the run's own (and may be swapped
+        for a newer refit of it)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()
+                if self.spec.fm == "finetune" or not k.startswith("fm.")}
+
+    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        wrong = [k for k in missing if self.spec.fm == "finetune" or not k.startswith("fm.")] + list(unexpected)
+        if wrong:
+            raise ValueError(f"heads weights do not match this model: {', '.join(wrong[:5])}")
 
     def _fm(self, batch: HeadsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The item table and each request's user vector (the FM's next-item query for users with history)."""

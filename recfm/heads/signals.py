@@ -6,6 +6,8 @@
     popularity     log interactions, scaled to [0, 1]
     source_cooc    co-occurrence cosine (top-k neighbours) of the item with the request's source item
     history_cooc   the same summed over the user's last `recent` items, divided by the request's best
+    collaborative  EASE (Steck 2019) over the user's whole history, its weights cut to each item's `k` strongest,
+                   divided by the request's best (0 for catalogs larger than `ease_max_items`)
     seen           1 where the user already interacted with the item
 
 The same code builds them for training (fitted before the validation cutoff) and for test and serving
@@ -22,7 +24,7 @@ import torch
 
 from recfm.heads.text import BM25
 
-SIGNALS = ("lexical", "lexical_any", "popularity", "source_cooc", "history_cooc", "seen")
+SIGNALS = ("lexical", "lexical_any", "popularity", "source_cooc", "history_cooc", "collaborative", "seen")
 
 
 @dataclass
@@ -30,11 +32,12 @@ class CatalogSignals:
     bm25: BM25
     log_pop: np.ndarray  # float32 [items] in [0, 1]
     neighbours: sp.csr_matrix  # [items, items] cosine of each item's top-k co-occurring items
+    ease: sp.csr_matrix  # [items, items] EASE weights, each row's top-k (empty when the catalog is too large)
     documents: list[str]  # each item's text as BM25 and the text encoder see it
 
     @classmethod
     def fit(cls, documents: list[str], user: np.ndarray, item: np.ndarray, n_items: int, k: int = 100,
-            shrink: float = 10.0) -> CatalogSignals:
+            shrink: float = 10.0, ease_lambda: float = 100.0, ease_max_items: int = 40_000) -> CatalogSignals:
         """From the (user, item) interactions known at the cutoff."""
         counts = np.bincount(item, minlength=n_items).astype(np.float64)
         log_pop = (np.log1p(counts) / max(np.log1p(counts.max(initial=0)), 1e-9)).astype(np.float32)
@@ -48,7 +51,15 @@ class CatalogSignals:
         coo = gram.tocoo()
         cosine = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
         neighbours = _top_k_per_row(sp.csr_matrix((cosine, (coo.row, coo.col)), shape=gram.shape), k)
-        return cls(BM25(documents), log_pop, neighbours, documents)
+        ease = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        if n_items <= ease_max_items:
+            a = torch.from_numpy(gram.toarray())
+            a.diagonal().copy_(torch.from_numpy(norms ** 2 + ease_lambda))
+            p = torch.cholesky_inverse(torch.linalg.cholesky(a))
+            weights = -p / torch.diagonal(p)[None, :]
+            weights.fill_diagonal_(0.0)
+            ease = _top_k_per_row(sp.csr_matrix(weights.numpy()), 2 * k)
+        return cls(BM25(documents), log_pop, neighbours, ease, documents)
 
     def features(self, queries: list[str], source: np.ndarray, histories: list[np.ndarray],
                  recent: int = 20) -> torch.Tensor:
@@ -63,9 +74,11 @@ class CatalogSignals:
         history_cooc = np.asarray((recent_rows @ self.neighbours).todense(), dtype=np.float32)
         history_cooc /= np.maximum(history_cooc.max(1, keepdims=True), 1e-9)
         seen = _rows(histories, n, None)
+        collaborative = np.asarray((sp.csr_matrix(seen) @ self.ease).todense(), dtype=np.float32)
+        collaborative /= np.maximum(collaborative.max(1, keepdims=True), 1e-9)
         out = np.stack([np.divide(lexical, best, out=np.zeros_like(lexical), where=best > 0),
                         (lexical > 0).astype(np.float32), np.broadcast_to(self.log_pop, lexical.shape),
-                        source_cooc, history_cooc, seen], axis=-1)
+                        source_cooc, history_cooc, collaborative, seen], axis=-1)
         return torch.from_numpy(out)
 
 

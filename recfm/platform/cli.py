@@ -263,7 +263,7 @@ def evaluate_baselines(cfg: RecfmConfig, prepared: Path | None = None) -> Path:
     seqs = Sequences.load(prepared)
     e = cfg.eval
     results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
-                                   e.knn_shrinks, e.batch_size, e.seed)
+                                   e.knn_shrinks, e.batch_size, e.seed, val_targets=e.val_targets)
     run_dir = create_run_dir(cfg)
     print(write_results(run_dir, results, seqs.info, e.ks, notes))
     print(f"results written to {run_dir}")

@@ -61,6 +61,7 @@ class EvalConfig:
     knn_neighbors: list[int] = field(default_factory=lambda: [20, 50, 100, 200])
     knn_shrinks: list[float] = field(default_factory=lambda: [0.0, 10.0, 100.0])
     batch_size: int = 1024
+    val_targets: int = 5000  # validation targets the grids are tuned on (a fixed random subset; 0 = all)
     seed: int = 0  # tie-breaking order of the ranking
 
     def validate(self) -> None:
@@ -91,6 +92,8 @@ class TrainConfig:
     patience: int = 5  # validations without a better NDCG@10 before stopping
     max_minutes: float = 4.0  # stop (and test the best model) after this long; 0 = no limit (the demo's 4 keeps
     # `make demo` within 10 minutes on 2 cores)
+    refit_epochs: int = 3  # time split: before testing, continue the best checkpoint on every event before the
+    # test cutoff for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
     seed: int = 0
 
@@ -110,6 +113,8 @@ class HeadsConfig:
     fm: str = "frozen"  # frozen (FM outputs are inputs) | finetune (FM trained with the heads at fm_lr)
     text_dim: int = 32
     hidden: int = 64
+    dropout: float = 0.1
+    weight_decay: float = 0.01
     word_buckets: int = 32768  # hashed query words ...
     trigram_buckets: int = 32768  # ... and character trigrams
     epochs: int = 30

@@ -17,10 +17,9 @@ from recfm.heads.batch import EventLog, heads_batch
 from recfm.heads.context import Request, impute, resolve
 from recfm.heads.model import HeadsModel, HeadsSpec
 from recfm.heads.page import Row, compose_page
-from recfm.heads.signals import CatalogSignals
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig
-from recfm.platform.train.heads import HEADS_DIR, SPEC_FILE, WEIGHTS_FILE
+from recfm.platform.train.heads import HEADS_DIR, SPEC_FILE, WEIGHTS_FILE, fit_signals
 from recfm.platform.trained import TrainedRun
 
 
@@ -42,12 +41,11 @@ class Recommender:
         saved = json.loads((heads / SPEC_FILE).read_text())
         self.spec, self.hc = HeadsSpec(**saved["spec"]), HeadsConfig(**saved["heads"])
         self.model = HeadsModel(self.run.foundation_model(), self.spec)
-        self.model.load_state_dict(torch.load(heads / WEIGHTS_FILE, weights_only=True))
+        self.model.load_head_state(torch.load(heads / WEIGHTS_FILE, weights_only=True))
         self.model.eval()
         seqs, catalog = self.run.sequences, self.run.catalog
         self.log = EventLog(seqs.offsets, seqs.events)
-        self.signals = CatalogSignals.fit(catalog.documents(np.inf), seqs.event_user, seqs.events["item"],
-                                          seqs.n_items, self.hc.neighbours)
+        self.signals = fit_signals(self.run, np.inf, self.hc)
         self.item_text = text_features(self.signals.documents, self.spec.word_buckets, self.spec.trigram_buckets)
         self.item_index = catalog.index()
         vocab = seqs.vocab

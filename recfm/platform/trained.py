@@ -19,7 +19,8 @@ from recfm.platform.rundir import CONFIG_FILE, RUNS_DIR, latest_run
 from recfm.platform.train.checkpoint import load_weights
 
 MODEL_FILE = "model.json"
-BEST_LINK = "best_checkpoint"
+BEST_LINK = "best_checkpoint"  # best on validation (trained on events before the validation cutoff)
+FINAL_LINK = "final_checkpoint"  # what is tested and served: the best one, refitted up to the test cutoff
 
 
 @dataclass
@@ -115,8 +116,11 @@ class TrainedRun:
         ids = pq.read_table(self.prepared / "users.parquet").column("user_id").to_pylist()
         return {str(u): n for n, u in enumerate(ids)}
 
-    def foundation_model(self) -> UserFoundationModel:
-        """The best checkpoint gathered into one unsharded model, in eval mode."""
+    def foundation_model(self, checkpoint: str = FINAL_LINK) -> UserFoundationModel:
+        """A checkpoint (the final one by default) gathered into one unsharded model, in eval mode."""
+        path = self.directory / checkpoint
+        if not path.exists():  # runs from before the refit step have only the best checkpoint
+            path = self.directory / BEST_LINK
         model = build_model(self.spec)
-        load_weights(self.directory / BEST_LINK, TrainingObjective(model, self.cfg.objective))
+        load_weights(path, TrainingObjective(model, self.cfg.objective))
         return model.eval()

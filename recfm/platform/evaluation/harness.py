@@ -29,9 +29,13 @@ class ModelResult:
 
 
 def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_size: int = 1024,
-             seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
-    """Full-ranking metrics of a fitted scorer on `stage`'s requests; each request's history is excluded."""
+             seed: int = 0, max_targets: int = 0) -> tuple[dict[str, float], np.ndarray]:
+    """Full-ranking metrics of a fitted scorer on `stage`'s requests (a fixed random `max_targets` of them, when
+    set); each request's history is excluded."""
     users, prefixes = seqs.eval_requests(stage)
+    if max_targets and len(users) > max_targets:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(users), max_targets, replace=False))
+        users, prefixes = users[chosen], prefixes[chosen]
     if len(users) == 0:
         raise ValueError(f"no users have a {stage} target: check the split")
     metrics = RankingMetrics(seqs.n_items, ks, seqs.item_counts(stage), seed=seed)
@@ -48,7 +52,7 @@ def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_s
 
 
 def tune_and_test(scorer: Scorer, grid: list[dict], seqs: Sequences, ks: list[int], batch_size: int = 1024,
-                  seed: int = 0, log=print) -> ModelResult:
+                  seed: int = 0, log=print, val_targets: int = 0) -> ModelResult:
     """Picks the grid point with the best validation NDCG@10, refits on the test stage, and tests."""
     start = time.perf_counter()
     best, best_value = {}, None
@@ -56,7 +60,7 @@ def tune_and_test(scorer: Scorer, grid: list[dict], seqs: Sequences, ks: list[in
         for key, value in point.items():
             setattr(scorer, key, value)
         scorer.fit(seqs, "val")
-        value = evaluate(scorer, seqs, "val", [10], batch_size, seed)[0][SELECTION_METRIC]
+        value = evaluate(scorer, seqs, "val", [10], batch_size, seed, val_targets)[0][SELECTION_METRIC]
         if len(grid) > 1:
             log(f"  {scorer.name} {point}: validation {SELECTION_METRIC} {value:.4f}")
         if best_value is None or value > best_value:
@@ -80,7 +84,7 @@ def baseline_scorers(ease_lambdas: list[float], knn_neighbors: list[int],
 
 def run_baselines(seqs: Sequences, ks: list[int], names: list[str], ease_lambdas: list[float],
                   ease_max_items: int, knn_neighbors: list[int], knn_shrinks: list[float], batch_size: int = 1024,
-                  seed: int = 0, log=print) -> tuple[list[ModelResult], list[str]]:
+                  seed: int = 0, log=print, val_targets: int = 0) -> tuple[list[ModelResult], list[str]]:
     """Tunes and tests the named baselines; returns their rows and notes on anything skipped."""
     results, notes = [], []
     for scorer, grid in baseline_scorers(ease_lambdas, knn_neighbors, knn_shrinks):
@@ -91,5 +95,5 @@ def run_baselines(seqs: Sequences, ks: list[int], names: list[str], ease_lambdas
                          f"({ease_max_items:,}); its dense items x items matrix would not fit")
             continue
         log(f"{scorer.name}: tuning on validation over {max(len(grid), 1)} setting(s)")
-        results.append(tune_and_test(scorer, grid, seqs, ks, batch_size, seed, log))
+        results.append(tune_and_test(scorer, grid, seqs, ks, batch_size, seed, log, val_targets))
     return results, notes

@@ -32,8 +32,9 @@ def _fmt(column: str, value: float) -> str:
 
 def protocol_line(info: PreparedInfo, users: int) -> str:
     split = "leave-one-out" if info.split == "loo" else "global time cutoff"
+    unit = "users" if info.split == "loo" else "targets (every event after the cutoff)"
     return (f"{info.source}: {split}, full ranking over {info.items:,} items (history excluded), "
-            f"{users:,} test users; coverage@10 = share of the catalog in any top-10, pop_pct@10 = mean "
+            f"{users:,} test {unit}; coverage@10 = share of the catalog in any top-10, pop_pct@10 = mean "
             f"popularity percentile of recommended items (100 = most popular)")
 
 

@@ -4,10 +4,11 @@ baselines. Written into the run directory:
     heads/heads.pt       the heads' weights (and the FM's, when fine-tuned)   heads/heads.json  what rebuilds them
     heads/results.md     per task: the heads and the baselines on the same test requests   heads/results.json
 
-Time protocol (data.split=time, cutoffs val < test): the FM learned from events before `val`. The heads learn
-from requests in [val, test), which the FM never saw, so its scores on them are honest; the latest
-`heads.holdout` of those picks the epoch. Every request at or after `test` is a test request. Signals are
-fitted on events (and tags) before `val` for training and before `test` for testing.
+Time protocol (data.split=time, cutoffs val < test): the best FM checkpoint learned from events before `val`.
+The heads learn from requests in [val, test), which that FM never saw, so its scores on them are honest (the
+stacking rule); the latest `heads.holdout` of those picks the epoch. Every request at or after `test` is a
+test request, scored with the FM refitted up to `test` (`final_checkpoint`; a fine-tuned FM stays the heads'
+own). Signals are fitted on events (and tags) before `val` for training and before `test` for testing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig, RecfmConfig, config_from_dict
 from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.runtime import configure_process
-from recfm.platform.trained import TrainedRun
+from recfm.platform.trained import BEST_LINK, TrainedRun
 
 HEADS_DIR = "heads"
 WEIGHTS_FILE = "heads.pt"
@@ -101,15 +102,15 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     seqs = run.sequences
     log_events = EventLog(seqs.offsets, seqs.events)
     val_cut, test_cut = float(info.val_cutoff), float(info.test_cutoff)
-    train_signals = _fit_signals(run, val_cut, hc)
+    train_signals = fit_signals(run, val_cut, hc)
     examples = build_examples(run, val_cut, test_cut, hc)
     examples = examples.take(np.flatnonzero(_rankable(examples, log_events)))
     examples = _per_task_subset(examples, hc.max_train_per_task, cfg.train.seed)
     train_part, holdout = _holdout_split(examples, hc.holdout)
     log(f"heads: training requests {train_part.counts()}, holdout {holdout.counts()} (from "
         f"{time.strftime('%Y-%m-%d', time.gmtime(val_cut))} to {time.strftime('%Y-%m-%d', time.gmtime(test_cut))})")
-    fm = run.foundation_model()
-    spec = HeadsSpec(hc.mode, hc.fm, hc.text_dim, hc.hidden, hc.word_buckets, hc.trigram_buckets,
+    fm = run.foundation_model(BEST_LINK)  # the FM that never saw the training requests
+    spec = HeadsSpec(hc.mode, hc.fm, hc.text_dim, hc.hidden, hc.dropout, hc.word_buckets, hc.trigram_buckets,
                      len(seqs.vocab.get("surface", [None])), len(seqs.vocab.get("device", [None])))
     if len(train_part) < cfg.train.workers or len(holdout) == 0:
         raise ValueError(f"too few head training requests after the validation cutoff ({len(train_part)} for "
@@ -121,19 +122,33 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     torch.save(state, out / WEIGHTS_FILE)
     (out / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "heads": asdict(hc)}, indent=1) + "\n")
     log(f"heads trained in {(time.perf_counter() - started) / 60:.1f} min; testing")
-    model = HeadsModel(fm, spec)
-    model.load_state_dict(state)
-    table = test_heads(run, model, hc, log)
+    model = HeadsModel(run.foundation_model() if spec.fm == "frozen" else fm, spec)  # frozen: the refitted FM
+    model.load_head_state(state)
+    rows, note = test_heads(run, model, hc, log)
+    table = heads_table(rows, note)
     (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps({"heads": asdict(hc), "rows": rows, "note": note}, indent=1) + "\n")
     log(table)
     return out
 
 
-def _fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig) -> CatalogSignals:
+def fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig) -> CatalogSignals:
+    """The catalog signals from the events and tags before `cutoff`."""
     seqs = run.sequences
     known = seqs.events["ts"] < cutoff
+    lam = _chosen_ease_lambda(run)
     return CatalogSignals.fit(run.catalog.documents(cutoff), seqs.event_user[known], seqs.events["item"][known],
-                              seqs.n_items, hc.neighbours)
+                              seqs.n_items, hc.neighbours, ease_lambda=lam if lam else 100.0,
+                              ease_max_items=run.cfg.eval.ease_max_items)
+
+
+def _chosen_ease_lambda(run: TrainedRun) -> float | None:
+    """The λ the run's baseline table chose for EASE on validation, if it has one."""
+    from recfm.platform.evaluation.report import RESULTS_JSON
+
+    path = run.directory / RESULTS_JSON
+    rows = json.loads(path.read_text())["models"] if path.exists() else []
+    return next((r["params"]["lambda"] for r in rows if r["name"] == "EASE"), None)
 
 
 def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSpec, log_events: EventLog,
@@ -207,7 +222,7 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
     groups = [{"params": head_params, "lr": hc.lr}]
     if spec.fm == "finetune":
         groups.append({"params": [p for p in model.fm.parameters() if p.requires_grad], "lr": hc.fm_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(groups, weight_decay=hc.weight_decay)
     item_text = text_features(signals.documents, spec.word_buckets, spec.trigram_buckets)
     examples, holdout = payload["train"], payload["holdout"]
 
@@ -215,6 +230,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
         return heads_batch(ex, log_events, signals, fm.tokenizer, fm.cfg.max_len, spec.word_buckets,
                            spec.trigram_buckets)
 
+    counts = np.bincount(examples.task, minlength=len(TASKS)).astype(np.float64)
+    task_weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)).float()
     best, best_state, stale, stopped = {"value": -1.0, "epoch": 0, "stopped": ""}, None, 0, ""
     size = min(hc.batch_size, len(examples) // world)
     steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
@@ -227,30 +244,37 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
         for step in range(steps):
             index = order[step * size:(step + 1) * size]
             batch = batch_of(examples.take(index))
-            loss = F.cross_entropy(trained(batch, item_text), batch.target)
+            # each task weighs the same in the loss, however many requests it has
+            losses_per_request = F.cross_entropy(trained(batch, item_text), batch.target, reduction="none")
+            loss = (losses_per_request * task_weight[batch.task]).sum() / task_weight[batch.task].sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         model.eval()
         mine = holdout.take(np.arange(rank, len(holdout), world))
-        ndcg = _ndcg_sum(model, [batch_of(mine.take(np.arange(s, min(s + 256, len(mine)))))
-                                 for s in range(0, len(mine), 256)], item_text)
-        totals = torch.tensor([ndcg, len(mine), float(np.mean(losses))], dtype=torch.float64)
+        sums = _ndcg_sums(model, [batch_of(mine.take(np.arange(s, min(s + 256, len(mine)))))
+                                  for s in range(0, len(mine), 256)], item_text)
+        totals = torch.cat([sums.flatten(), torch.tensor([float(np.mean(losses)) if losses else 0.0],
+                                                          dtype=torch.float64)])
         if dist.is_initialized():
             dist.all_reduce(totals)
-        value = float(totals[0] / max(float(totals[1]), 1.0))
+        per_task = totals[:-1].view(2, len(TASKS))
+        present = per_task[1] > 0
+        value = float((per_task[0][present] / per_task[1][present]).mean())  # the mean over tasks
         improved = value > best["value"]
         if improved:
             best, stale = {"value": value, "epoch": epoch, "stopped": ""}, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = model.head_state()
         else:
             stale += 1
         if stale >= hc.patience:
             stopped = f"no better holdout NDCG@10 for {hc.patience} epochs"
         elif epoch == hc.epochs:
             stopped = f"all {hc.epochs} epochs done"
-        metrics = {SELECTION: value, "epoch": epoch, "loss": float(totals[2]) / world}
+        metrics = {SELECTION: value, "epoch": epoch, "loss": float(totals[-1]) / world}
+        metrics |= {f"holdout_ndcg10_{t}": float(per_task[0][i] / per_task[1][i])
+                    for i, t in enumerate(TASKS) if present[i]}
         if stopped:
             best["stopped"] = stopped
         report(metrics, best_state if rank == 0 and (improved or stopped) else None, best)
@@ -258,24 +282,28 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             break
 
 
-def _ndcg_sum(model: HeadsModel, batches: list, item_text) -> float:
-    total = 0.0
+def _ndcg_sums(model: HeadsModel, batches: list, item_text) -> torch.Tensor:
+    """[2, tasks]: the holdout's NDCG@10 sums and request counts per task."""
+    sums = torch.zeros(2, len(TASKS), dtype=torch.float64)
     with torch.no_grad():
         for batch in batches:
             scores = model(batch, item_text)
             target = scores.gather(1, batch.target[:, None])
             rank = (scores > target).sum(1).double()  # optimistic on ties: selection only, never reported
-            total += float(torch.where(rank < 10, 1.0 / torch.log2(rank + 2), 0.0).sum())
-    return total
+            gain = torch.where(rank < 10, 1.0 / torch.log2(rank + 2), 0.0)
+            sums[0].index_add_(0, batch.task, gain)
+            sums[1].index_add_(0, batch.task, torch.ones_like(gain))
+    return sums
 
 
-def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -> str:
-    """Per task: the heads and the task's baselines on the same test requests; returns the markdown table."""
+def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -> tuple[list[dict], str]:
+    """Per task: the heads and the task's baselines on the same test requests; returns the rows and a note on
+    the protocol."""
     seqs = run.sequences
     info = seqs.info
     test_cut = float(info.test_cutoff)
     log_events = EventLog(seqs.offsets, seqs.events)
-    signals = _fit_signals(run, test_cut, hc)
+    signals = fit_signals(run, test_cut, hc)
     examples = build_examples(run, test_cut, np.inf, hc)
     rankable = _rankable(examples, log_events)
     examples = _per_task_subset(examples.take(np.flatnonzero(rankable)), hc.max_test_per_task, run.cfg.train.seed)
@@ -299,40 +327,40 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
         return rows @ ease.weights
 
     name = f"recfm heads ({hc.mode}, FM {hc.fm})"
-    lines = ["| task | model | HR@10 | NDCG@10 | NDCG@50 | MRR | requests |", "|---|---|---:|---:|---:|---:|---:|"]
+    rows = []
     for t, task in enumerate(TASKS):
         task_examples = examples.take(np.flatnonzero(examples.task == t))
         if len(task_examples) == 0:
-            lines.append(f"| {task} | - | - | - | - | - | 0 |")
             continue
         batches = [heads_batch(task_examples.take(np.arange(s, min(s + 128, len(task_examples)))), log_events,
                                signals, fm.tokenizer, fm.cfg.max_len, model.spec.word_buckets,
                                model.spec.trigram_buckets) for s in range(0, len(task_examples), 128)]
-        rows = {name: lambda b: model(b, item_text)} | task_baselines(fm_scores, ease_scores)[task]
-        for model_name, scorer in rows.items():
-            m = evaluate_scorer(scorer, batches, seqs.n_items, ks, item_counts, run.cfg.eval.seed)
-            lines.append(f"| {task} | {model_name} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} | {m['NDCG@50']:.4f} | "
-                         f"{m['MRR']:.4f} | {int(m['users']):,} |")
-    dropped = int((~rankable).sum())
-    note = (f"\nTest requests at or after {time.strftime('%Y-%m-%d', time.gmtime(test_cut))} (global time cutoff), "
+        scorers = {name: lambda b: model(b, item_text)} | task_baselines(fm_scores, ease_scores)[task]
+        for model_name, scorer in scorers.items():
+            metrics = evaluate_scorer(scorer, batches, seqs.n_items, ks, item_counts, run.cfg.eval.seed)
+            rows.append({"task": task, "model": model_name} | metrics)
+    note = (f"Test requests at or after {time.strftime('%Y-%m-%d', time.gmtime(test_cut))} (global time cutoff), "
             f"full ranking over {seqs.n_items:,} items; similars and homepage exclude items the user already had "
-            f"(and the source item), search excludes nothing. {dropped} requests whose answer was excluded are "
-            f"not counted. EASE lambda {ease.lam:g}, chosen on the FM's validation targets.\n")
-    return "\n".join(lines) + "\n" + note
+            f"(and the source item), search excludes nothing. {int((~rankable).sum())} requests whose answer was "
+            f"excluded are not counted. EASE lambda {ease.lam:g}, chosen on validation.")
+    return rows, note
+
+
+def heads_table(rows: list[dict], note: str = "") -> str:
+    lines = ["| task | model | HR@10 | NDCG@10 | NDCG@50 | MRR | requests |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['model']} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} | {r['NDCG@50']:.4f} | "
+              f"{r['MRR']:.4f} | {int(r['users']):,} |" for r in rows]
+    return "\n".join(lines) + (f"\n\n{note}\n" if note else "\n")
 
 
 def _fit_ease(run: TrainedRun) -> EASE:
-    """EASE on the interactions before the test cutoff, its λ picked on the validation stage as in the harness."""
-    from recfm.platform.evaluation.harness import evaluate
+    """EASE on the interactions before the test cutoff, with the λ the run's baseline table chose on validation
+    (tuned here the same way when the run has no table)."""
+    from recfm.platform.evaluation.harness import tune_and_test
 
-    seqs, grid = run.sequences, run.cfg.eval.ease_lambdas
-    best, best_value = grid[0], -1.0
-    for lam in grid:
-        scorer = EASE(lam)
-        scorer.fit(seqs, "val")
-        value = evaluate(scorer, seqs, "val", [10])[0]["NDCG@10"]
-        if value > best_value:
-            best, best_value = lam, value
-    scorer = EASE(best)
-    scorer.fit(seqs, "test")
+    chosen, e = _chosen_ease_lambda(run), run.cfg.eval
+    grid = [{"lam": chosen}] if chosen else [{"lam": lam} for lam in e.ease_lambdas]
+    scorer = EASE()
+    tune_and_test(scorer, grid, run.sequences, [10], e.batch_size, e.seed, log=lambda _: None,
+                  val_targets=e.val_targets)
     return scorer

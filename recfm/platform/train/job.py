@@ -35,12 +35,13 @@ from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import load_weights, read_state
 from recfm.platform.train.heads import train_heads
-from recfm.platform.train.metrics import METRICS_FILE
+from recfm.platform.train.metrics import METRICS_FILE, REFIT_METRICS_FILE
 from recfm.platform.train.worker import SELECTION, train_worker
-from recfm.platform.trained import BEST_LINK, MODEL_FILE
+from recfm.platform.trained import BEST_LINK, FINAL_LINK, MODEL_FILE
 
 RAY_DIR = "ray"
 RAY_RUN_NAME = "train"
+REFIT_RUN_NAME = "refit"
 ITEM_PROB_FILE = "item_prob.npy"
 
 # Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
@@ -67,8 +68,15 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
     try:
         best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
         log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
+        final = best
+        if seqs.info.split == "time" and cfg.train.refit_epochs:
+            log(f"refit: {cfg.train.refit_epochs} more epochs on every event before the test cutoff (the baselines "
+                f"are refitted on them too)")
+            final = run_ray_training(cfg, run_dir, prepared, spec, address, log, refit_from=best)
+        else:
+            _link(run_dir / FINAL_LINK, best)
         results, notes = _baselines(seqs, cfg, log)
-        results.append(test_checkpoint(best, spec, cfg, seqs))
+        results.append(test_checkpoint(final, spec, cfg, seqs))
         log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes))
         if cfg.heads.enabled and seqs.info.split == "time":
             train_heads(run_dir, cfg, address, log)
@@ -113,8 +121,10 @@ def start_ray(t: TrainConfig, address: str | None) -> None:
 
 
 def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
-                     log=print) -> Path:
-    """Runs the TorchTrainer; returns the best checkpoint's directory."""
+                     log=print, refit_from: Path | None = None) -> Path:
+    """Runs the TorchTrainer; returns the best checkpoint's directory. With `refit_from`, continues that
+    checkpoint on every event before the test cutoff for `train.refit_epochs` epochs instead (no validation),
+    and returns the last checkpoint."""
     start_ray(cfg.train, address)
     import ray
     import ray.data
@@ -128,35 +138,50 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     ray.data.DataContext.get_current().enable_progress_bars = False
     # The sequences go into Ray's object store from here: on a small machine, read tasks would wait for CPUs the
     # training workers hold (and spawning them costs a minute); issue 8's streaming path reads shard files.
-    train_ds = ray.data.from_arrow(training_windows(pq.read_table(prepared / SEQUENCES_DIR), cfg.model.max_len,
-                                                    t.seed))
-    val_ds = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
+    sequences = pq.read_table(prepared / SEQUENCES_DIR)
+    if refit_from is not None:  # train on each user's events before the test cutoff
+        sequences = sequences.set_column(sequences.schema.get_field_index("n_train"), "n_train",
+                                         sequences["n_fit"])
+    datasets = {"train": ray.data.from_arrow(training_windows(sequences, cfg.model.max_len, t.seed))}
+    if refit_from is None:
+        datasets["val"] = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
+        checkpoints = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
+                                                 checkpoint_score_order="max")
+    else:
+        checkpoints = ray.train.CheckpointConfig(num_to_keep=1)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"cfg": asdict(cfg), "spec": spec, "run_dir": str(run_dir),
-                           "item_prob": str(run_dir / ITEM_PROB_FILE)},
+                           "item_prob": str(run_dir / ITEM_PROB_FILE),
+                           "refit_from": str(refit_from) if refit_from else None},
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=RAY_RUN_NAME, storage_path=str(run_dir / RAY_DIR),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
-                                                         checkpoint_score_order="max"),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
-        datasets={"train": train_ds, "val": val_ds},
+            name=RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, storage_path=str(run_dir / RAY_DIR),
+            checkpoint_config=checkpoints, failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+        datasets=datasets,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
     )
-    with _ProgressPrinter(run_dir / METRICS_FILE, log):
+    with _ProgressPrinter(run_dir / (METRICS_FILE if refit_from is None else REFIT_METRICS_FILE), log):
         result = trainer.fit()
+    if refit_from is not None:
+        if result.checkpoint is None:
+            raise RuntimeError("the refit reported no checkpoint")
+        _link(run_dir / FINAL_LINK, Path(result.checkpoint.path))
+        return Path(result.checkpoint.path)
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECTION, -1.0), default=None)
     if best is None:
         raise RuntimeError("training reported no checkpoint")
-    link = run_dir / BEST_LINK
-    link.unlink(missing_ok=True)
-    link.symlink_to(Path(best[0].path))
+    _link(run_dir / BEST_LINK, Path(best[0].path))
     state = read_state(Path(best[0].path))
     log(f"stopped: {_last_stop(run_dir)}; best validation NDCG@10 {state.best_metric:.4f} at epoch "
         f"{state.best_epoch}")
     return Path(best[0].path)
+
+
+def _link(link: Path, target: Path) -> None:
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
 
 
 def _last_stop(run_dir: Path) -> str:
@@ -173,7 +198,8 @@ def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequen
     params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
               "facets": len(model.facets)}
     scorer = FoundationScorer(model, name="recfm-FM", params=params)
-    return tune_and_test(scorer, [], seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None)
+    return tune_and_test(scorer, [], seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
+                         val_targets=cfg.eval.val_targets)
 
 
 def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
@@ -187,7 +213,7 @@ def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult
             log(f"baselines reused from {cache}")
             return [ModelResult(**r) for r in cached["results"]], cached["notes"]
     results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
-                                   e.knn_shrinks, e.batch_size, e.seed, log)
+                                   e.knn_shrinks, e.batch_size, e.seed, log, val_targets=e.val_targets)
     cache.write_text(json.dumps({"key": key, "notes": notes, "results": [
         {k: v for k, v in asdict(r).items() if k != "ranks"} for r in results]}))
     return results, notes

@@ -9,14 +9,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 TB_DIR = "tb"
 METRICS_FILE = "metrics.jsonl"
+REFIT_METRICS_FILE = "refit_metrics.jsonl"
 
 
 class MetricsLogger:
     """A no-op unless `enabled` (rank 0), so callers need not branch on rank."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, file_name: str = METRICS_FILE):
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = Path(run_dir) / file_name
         self.writer = SummaryWriter(str(Path(run_dir) / TB_DIR)) if enabled else None
 
     def log(self, step: int, values: dict[str, float], epoch: int | None = None, stopped: str = "") -> None:

@@ -24,7 +24,7 @@ from recfm.platform.config import RecfmConfig, config_from_dict
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from recfm.platform.train.data import TrainingCollate, ValidationCollate
-from recfm.platform.train.metrics import MetricsLogger
+from recfm.platform.train.metrics import METRICS_FILE, REFIT_METRICS_FILE, MetricsLogger
 from recfm.platform.train.validation import validate
 
 SELECTION = "val_ndcg10"
@@ -45,17 +45,23 @@ def train_worker(config: dict) -> None:
     training = shard(objective, model.embeddings, model.facets, cfg.sharding, cfg.train.lr, cfg.train.weight_decay,
                      device)
     state = TrainState()
+    refit = config.get("refit_from") is not None  # continue the best model on every event before the test cutoff
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory), training)
         state.stopped = ""  # re-decided under this run's settings (a resume may allow more epochs)
+    elif refit:
+        state = load_checkpoint(Path(config["refit_from"]), training)
+        state.epoch, state.elapsed_s, state.stopped = 0, 0.0, ""
 
-    logger = MetricsLogger(Path(config["run_dir"]), enabled=rank == 0)
+    logger = MetricsLogger(Path(config["run_dir"]), enabled=rank == 0,
+                           file_name=REFIT_METRICS_FILE if refit else METRICS_FILE)
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    val_shard = None if refit else ray.train.get_dataset_shard("val")
     tokenizer, mcfg, t = model.tokenizer, cfg.model, cfg.train
-    while state.epoch < t.epochs and not state.stopped:
+    epochs = t.refit_epochs if refit else t.epochs
+    while state.epoch < epochs and not state.stopped:
         epoch = state.epoch + 1
         started = time.perf_counter()
         collate = TrainingCollate(tokenizer, mcfg.max_len, cfg.objective.mtp)
@@ -67,21 +73,21 @@ def train_worker(config: dict) -> None:
         metrics["train/events_per_s"] = metrics.pop("events") * world / seconds
         metrics["train/lr"] = _lr(state.step, t)
         state.epoch = epoch
-        validating = epoch % t.val_every == 0 or epoch == t.epochs
+        validating = not refit and (epoch % t.val_every == 0 or epoch == epochs)
         if validating:
             val_batches = val_shard.iter_torch_batches(batch_size=256,
                                                        collate_fn=ValidationCollate(tokenizer, mcfg.max_len))
             metrics |= validate(training.model, val_batches, model.n_items, seed=cfg.eval.seed)
             _early_stopping(state, metrics[SELECTION], epoch, t.patience)
         state.elapsed_s += _all_max(time.perf_counter() - started)
-        if t.max_minutes and state.elapsed_s > 60 * t.max_minutes and not state.stopped:
+        if t.max_minutes and state.elapsed_s > 60 * t.max_minutes and not state.stopped and not refit:
             state.stopped = f"time budget of {t.max_minutes:g} minutes reached"
-        if epoch == t.epochs and not state.stopped:
-            state.stopped = f"all {t.epochs} epochs done"
+        if epoch == epochs and not state.stopped:
+            state.stopped = f"all {epochs} {'refit ' if refit else ''}epochs done"
         logger.log(state.step, metrics, epoch, stopped=state.stopped)
         report = {k.replace("/", "_"): v for k, v in metrics.items()} | {"epoch": epoch, "step": state.step}
         report |= {"best_epoch": state.best_epoch, "best_val_ndcg10": state.best_metric}
-        if validating:  # a checkpoint carries the validation figure Ray ranks checkpoints by
+        if validating or (refit and state.stopped):  # a checkpoint carries the figure Ray ranks checkpoints by
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(Path(directory), training, state, rank)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
