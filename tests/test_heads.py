@@ -26,9 +26,8 @@ DOCS = ["toy story animation", "heat crime", "alien sci-fi horror", "aliens sci-
         "up animation"]
 
 
-def _lookup(history_length=np.array([4, 3])):
-    users, items = {"10": 0, "11": 1}, {str(100 + i): i for i in range(6)}
-    return users, items, history_length
+def _lookup():
+    return {"10": 0, "11": 1}, {str(100 + i): i for i in range(6)}, np.array([4, 3])
 
 
 @pytest.mark.parametrize("request_, message", [

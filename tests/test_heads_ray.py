@@ -15,9 +15,9 @@ from recfm.platform.config import load_config
 from recfm.platform.train.job import train
 
 TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
-        "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_lambdas=[100.0]",
-        "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "heads.epochs=2", "heads.max_train_per_task=300",
-        "heads.max_test_per_task=300"]
+        "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
+        "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "eval.val_targets=2000", "heads.epochs=2",
+        "heads.max_train_per_task=300", "heads.max_test_per_task=300"]  # EASE skipped: its 9,724² inverse is slow
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _recfm(*args: str) -> subprocess.CompletedProcess:
 def test_heads_are_tested_per_task_beside_their_baselines(run):
     assert (run / "final_checkpoint" / ".metadata").exists() and (run / "refit_metrics.jsonl").exists()
     table = (run / "heads" / "results.md").read_text()
-    for task, baseline in zip(TASKS, ("BM25", "ItemKNN", "EASE"), strict=True):
+    for task, baseline in zip(TASKS, ("BM25", "ItemKNN", "MostPop"), strict=True):
         assert f"| {task} | recfm heads (unified, FM frozen) |" in table and f"| {task} | {baseline} |" in table
 
 

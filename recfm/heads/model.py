@@ -3,9 +3,10 @@
     context  = user vector (FM, or a learned "no user" vector) ⊕ source item embedding (FM item table)
                ⊕ query vector (hashed text encoder) ⊕ task + hour + surface + device embeddings
     h        = MLP(context)
-    score(i) = Σ_s w_s(h)·signal_s(i)                      the catalog signals (`recfm.heads.signals`)
-               + w_fm(h)·exp(FM score(i) - the request's best FM score)
-               + w_text(h)·cos(query vector, item text vector)   (the same encoder reads the item's text)
+    w        = task_weights[task] + A·h                    (per-request weights: the task's blend, modulated)
+    score(i) = scale · ( Σ_s w_s·signal_s(i)               the catalog signals (`recfm.heads.signals`)
+               + w_fm·(FM score(i) - mean) / (best - mean), floored at 0
+               + w_text·cos(query vector, item text vector) )   (the same encoder reads the item's text)
 
 The per-request weights let one model lean on lexical match for search, co-occurrence for similars and the
 collaborative and FM scores for the homepage: the task embedding is just another part of the context (the
@@ -19,6 +20,7 @@ from, it overfitted and ranked below its own inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,18 +81,26 @@ class ContextualRanker(nn.Module):
         self.device = nn.Embedding(max(spec.devices, 1), t)
         self.context = nn.Sequential(nn.Linear(2 * fm_dim + 2 * t, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout),
                                      nn.Linear(spec.hidden, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout))
-        self.signal_weights = nn.Linear(spec.hidden, len(SIGNALS) + 2)  # + the FM score and the text match
+        n = len(SIGNALS) + 2  # + the FM score and the text match
+        # each task's own blend, read straight from the task id, plus what the rest of the context adds to it:
+        # through the MLP alone, the tasks with the most requests set the blend for all
+        self.task_weights = nn.Embedding(len(TASKS), n)
+        nn.init.ones_(self.task_weights.weight)
+        self.signal_weights = nn.Linear(spec.hidden, n)
         nn.init.zeros_(self.signal_weights.weight)
-        nn.init.ones_(self.signal_weights.bias)
+        nn.init.zeros_(self.signal_weights.bias)
+        # signals lie in [0, 1]: a softmax over the catalog needs logits an order larger to be sharp, and at
+        # unit scale the weights take hundreds of steps to get there while everything else overfits
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def forward(self, user: torch.Tensor, source: torch.Tensor, query: torch.Tensor, batch: HeadsBatch,
                 rows: torch.Tensor, fm_scores: torch.Tensor, text_match: torch.Tensor) -> torch.Tensor:
         categorical = (self.task(batch.task[rows]) + self.hour(batch.hour[rows]) + self.surface(batch.surface[rows])
                        + self.device(batch.device[rows]))
         h = self.context(torch.cat([user, source, query, categorical], dim=-1))
-        w = self.signal_weights(h)
+        w = self.task_weights(batch.task[rows]) + self.signal_weights(h)
         signals = torch.cat([batch.signals[rows], fm_scores[:, :, None], text_match[:, :, None]], dim=-1)
-        return (signals * w[:, None, :]).sum(-1)
+        return self.log_scale.exp() * (signals * w[:, None, :]).sum(-1)
 
 
 class HeadsModel(nn.Module):
@@ -110,8 +120,10 @@ class HeadsModel(nn.Module):
         """Scores [B, items]; excluded items get -inf."""
         items, user = self._fm(batch)
         fm_scores = user @ items.T
-        # relative to the request's best item, exp(s - max) in (0, 1]: on the scale of the other signals
-        fm_scores = torch.exp(fm_scores - fm_scores.max(1, keepdim=True).values)
+        # on the scale of the other signals: 0 at the request's mean score (and below), 1 at its best item.
+        # exp(s - max) was tried: so peaked that the FM's top few items swamped every other signal
+        mean = fm_scores.mean(1, keepdim=True)
+        fm_scores = ((fm_scores - mean) / (fm_scores.max(1, keepdim=True).values - mean + 1e-6)).clamp(min=0.0)
         has_source = batch.source >= 0
         source = torch.where(has_source[:, None], items[batch.source.clamp(min=0)], self.no_item)
         query = self.text(batch.query)

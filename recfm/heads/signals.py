@@ -6,7 +6,7 @@
     popularity     log interactions, scaled to [0, 1]
     source_cooc    co-occurrence cosine (top-k neighbours) of the item with the request's source item
     history_cooc   the same summed over the user's last `recent` items, divided by the request's best
-    collaborative  EASE (Steck 2019) over the user's whole history, its weights cut to each item's `k` strongest,
+    collaborative  EASE (Steck 2019) over the user's whole history, its weights cut to each item's 10·`k` strongest,
                    divided by the request's best (0 for catalogs larger than `ease_max_items`)
     seen           1 where the user already interacted with the item
 
@@ -17,6 +17,7 @@ The same code builds them for training (fitted before the validation cutoff) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,8 +38,9 @@ class CatalogSignals:
 
     @classmethod
     def fit(cls, documents: list[str], user: np.ndarray, item: np.ndarray, n_items: int, k: int = 100,
-            shrink: float = 10.0, ease_lambda: float = 100.0, ease_max_items: int = 40_000) -> CatalogSignals:
-        """From the (user, item) interactions known at the cutoff."""
+            shrink: float = 10.0, ease_lambda: float = 100.0, ease_max_items: int = 40_000,
+            ease_weights: torch.Tensor | None = None) -> CatalogSignals:
+        """From the (user, item) interactions known at the cutoff; `ease_weights` when already fitted on them."""
         counts = np.bincount(item, minlength=n_items).astype(np.float64)
         log_pop = (np.log1p(counts) / max(np.log1p(counts.max(initial=0)), 1e-9)).astype(np.float32)
         x = sp.csr_matrix((np.ones(len(user), dtype=np.float32), (user, item)),
@@ -52,14 +54,35 @@ class CatalogSignals:
         cosine = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
         neighbours = _top_k_per_row(sp.csr_matrix((cosine, (coo.row, coo.col)), shape=gram.shape), k)
         ease = sp.csr_matrix((n_items, n_items), dtype=np.float32)
-        if n_items <= ease_max_items:
+        if ease_weights is None and n_items <= ease_max_items:
             a = torch.from_numpy(gram.toarray())
             a.diagonal().copy_(torch.from_numpy(norms ** 2 + ease_lambda))
             p = torch.cholesky_inverse(torch.linalg.cholesky(a))
-            weights = -p / torch.diagonal(p)[None, :]
-            weights.fill_diagonal_(0.0)
-            ease = _top_k_per_row(sp.csr_matrix(weights.numpy()), 2 * k)
+            ease_weights = -p / torch.diagonal(p)[None, :]
+            ease_weights.fill_diagonal_(0.0)
+        if ease_weights is not None:
+            top = torch.topk(ease_weights, min(10 * k, n_items), dim=1)
+            rows = np.repeat(np.arange(n_items), top.indices.shape[1])
+            ease = sp.csr_matrix((top.values.flatten().numpy(), (rows, top.indices.flatten().numpy())),
+                                 shape=(n_items, n_items))
         return cls(BM25(documents), log_pop, neighbours, ease, documents)
+
+    def save(self, path: Path) -> None:
+        """One .npz (no pickles): arrays, the two sparse matrices' parts, and the documents."""
+        parts = {"log_pop": self.log_pop, "documents": np.array(self.documents, dtype=np.str_)}
+        for name in ("neighbours", "ease"):
+            m = getattr(self, name).tocsr()
+            parts |= {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr}
+        np.savez(path, **parts)
+
+    @classmethod
+    def load(cls, path: Path) -> CatalogSignals:
+        with np.load(path, allow_pickle=False) as f:
+            n = len(f["log_pop"])
+            sparse = {name: sp.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]),
+                                          shape=(n, n)) for name in ("neighbours", "ease")}
+            documents = [str(d) for d in f["documents"]]
+            return cls(BM25(documents), f["log_pop"], sparse["neighbours"], sparse["ease"], documents)
 
     def features(self, queries: list[str], source: np.ndarray, histories: list[np.ndarray],
                  recent: int = 20) -> torch.Tensor:

@@ -10,16 +10,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from recfm.heads.batch import EventLog, heads_batch
 from recfm.heads.context import Request, impute, resolve
 from recfm.heads.model import HeadsModel, HeadsSpec
 from recfm.heads.page import Row, compose_page
+from recfm.heads.signals import CatalogSignals
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig
-from recfm.platform.train.heads import HEADS_DIR, SPEC_FILE, WEIGHTS_FILE, fit_signals
+from recfm.platform.train.heads import HEADS_DIR, SIGNALS_FILE, SPEC_FILE, WEIGHTS_FILE
 from recfm.platform.trained import TrainedRun
 
 
@@ -45,7 +45,7 @@ class Recommender:
         self.model.eval()
         seqs, catalog = self.run.sequences, self.run.catalog
         self.log = EventLog(seqs.offsets, seqs.events)
-        self.signals = fit_signals(self.run, np.inf, self.hc)
+        self.signals = CatalogSignals.load(heads / SIGNALS_FILE)
         self.item_text = text_features(self.signals.documents, self.spec.word_buckets, self.spec.trigram_buckets)
         self.item_index = catalog.index()
         vocab = seqs.vocab

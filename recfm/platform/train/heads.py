@@ -30,7 +30,7 @@ from recfm.heads.context import impute
 from recfm.heads.evaluate import evaluate_scorer, task_baselines
 from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
 from recfm.heads.model import HeadsModel, HeadsSpec
-from recfm.heads.signals import CatalogSignals
+from recfm.heads.signals import SIGNALS, CatalogSignals
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig, RecfmConfig, config_from_dict
 from recfm.platform.evaluation.baselines import EASE
@@ -40,6 +40,7 @@ from recfm.platform.trained import BEST_LINK, TrainedRun
 HEADS_DIR = "heads"
 WEIGHTS_FILE = "heads.pt"
 SPEC_FILE = "heads.json"
+SIGNALS_FILE = "signals.npz"
 SELECTION = "holdout_ndcg10"
 
 
@@ -102,7 +103,7 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     seqs = run.sequences
     log_events = EventLog(seqs.offsets, seqs.events)
     val_cut, test_cut = float(info.val_cutoff), float(info.test_cutoff)
-    train_signals = fit_signals(run, val_cut, hc)
+    train_signals = fit_signals(run, val_cut, hc, _fit_ease(run, "val"))
     examples = build_examples(run, val_cut, test_cut, hc)
     examples = examples.take(np.flatnonzero(_rankable(examples, log_events)))
     examples = _per_task_subset(examples, hc.max_train_per_task, cfg.train.seed)
@@ -125,6 +126,7 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     model = HeadsModel(run.foundation_model() if spec.fm == "frozen" else fm, spec)  # frozen: the refitted FM
     model.load_head_state(state)
     rows, note = test_heads(run, model, hc, log)
+    fit_signals(run, np.inf, hc).save(out / SIGNALS_FILE)  # what serving reads: every event and tag
     table = heads_table(rows, note)
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"heads": asdict(hc), "rows": rows, "note": note}, indent=1) + "\n")
@@ -132,14 +134,15 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     return out
 
 
-def fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig) -> CatalogSignals:
-    """The catalog signals from the events and tags before `cutoff`."""
+def fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig, ease: EASE | None = None) -> CatalogSignals:
+    """The catalog signals from the events and tags before `cutoff` (`ease`: EASE already fitted on them)."""
     seqs = run.sequences
     known = seqs.events["ts"] < cutoff
     lam = _chosen_ease_lambda(run)
     return CatalogSignals.fit(run.catalog.documents(cutoff), seqs.event_user[known], seqs.events["item"][known],
                               seqs.n_items, hc.neighbours, ease_lambda=lam if lam else 100.0,
-                              ease_max_items=run.cfg.eval.ease_max_items)
+                              ease_max_items=run.cfg.eval.ease_max_items,
+                              ease_weights=ease.weights if ease is not None else None)
 
 
 def _chosen_ease_lambda(run: TrainedRun) -> float | None:
@@ -218,8 +221,10 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
     trained = model
     if world > 1 and dist.is_initialized():
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("fm.") and p.requires_grad]
-    groups = [{"params": head_params, "lr": hc.lr}]
+    head_params = [p for n, p in model.named_parameters()
+                   if not n.startswith(("fm.", "text.")) and p.requires_grad]
+    # the text encoder learns slower: at the heads' rate it memorised the few training queries within an epoch
+    groups = [{"params": head_params, "lr": hc.lr}, {"params": list(model.text.parameters()), "lr": 0.1 * hc.lr}]
     if spec.fm == "finetune":
         groups.append({"params": [p for p in model.fm.parameters() if p.requires_grad], "lr": hc.fm_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=hc.weight_decay)
@@ -231,7 +236,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
                            spec.trigram_buckets)
 
     counts = np.bincount(examples.task, minlength=len(TASKS)).astype(np.float64)
-    task_weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)).float()
+    # rarer tasks weigh more, by the square root of their rarity (full inverse frequency overfits the rarest)
+    task_weight = torch.from_numpy(np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)).float()
     best, best_state, stale, stopped = {"value": -1.0, "epoch": 0, "stopped": ""}, None, 0, ""
     size = min(hc.batch_size, len(examples) // world)
     steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
@@ -244,7 +250,6 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
         for step in range(steps):
             index = order[step * size:(step + 1) * size]
             batch = batch_of(examples.take(index))
-            # each task weighs the same in the loss, however many requests it has
             losses_per_request = F.cross_entropy(trained(batch, item_text), batch.target, reduction="none")
             loss = (losses_per_request * task_weight[batch.task]).sum() / task_weight[batch.task].sum()
             optimizer.zero_grad()
@@ -303,13 +308,13 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
     info = seqs.info
     test_cut = float(info.test_cutoff)
     log_events = EventLog(seqs.offsets, seqs.events)
-    signals = fit_signals(run, test_cut, hc)
+    ease = _fit_ease(run, "test")
+    signals = fit_signals(run, test_cut, hc, ease)
     examples = build_examples(run, test_cut, np.inf, hc)
     rankable = _rankable(examples, log_events)
     examples = _per_task_subset(examples.take(np.flatnonzero(rankable)), hc.max_test_per_task, run.cfg.train.seed)
     known = seqs.events["ts"] < test_cut
     item_counts = np.bincount(seqs.events["item"][known], minlength=seqs.n_items)
-    ease = _fit_ease(run)
     item_text = text_features(signals.documents, model.spec.word_buckets, model.spec.trigram_buckets)
     fm = model.fm.eval()
     model.eval()
@@ -322,8 +327,7 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
         return scores
 
     def ease_scores(batch):
-        rows = torch.zeros(len(batch.task), seqs.n_items)
-        rows[batch.signals[:, :, -1] > 0] = 1.0  # the `seen` signal is the user's history
+        rows = (batch.signals[:, :, SIGNALS.index("seen")] > 0).float()  # the user's history
         return rows @ ease.weights
 
     name = f"recfm heads ({hc.mode}, FM {hc.fm})"
@@ -336,13 +340,16 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
                                signals, fm.tokenizer, fm.cfg.max_len, model.spec.word_buckets,
                                model.spec.trigram_buckets) for s in range(0, len(task_examples), 128)]
         scorers = {name: lambda b: model(b, item_text)} | task_baselines(fm_scores, ease_scores)[task]
+        if ease is None:
+            scorers.pop("EASE", None)
         for model_name, scorer in scorers.items():
             metrics = evaluate_scorer(scorer, batches, seqs.n_items, ks, item_counts, run.cfg.eval.seed)
             rows.append({"task": task, "model": model_name} | metrics)
     note = (f"Test requests at or after {time.strftime('%Y-%m-%d', time.gmtime(test_cut))} (global time cutoff), "
             f"full ranking over {seqs.n_items:,} items; similars and homepage exclude items the user already had "
             f"(and the source item), search excludes nothing. {int((~rankable).sum())} requests whose answer was "
-            f"excluded are not counted. EASE lambda {ease.lam:g}, chosen on validation.")
+            f"excluded are not counted. "
+            + (f"EASE lambda {ease.lam:g}, chosen on validation." if ease else "EASE skipped: catalog too large."))
     return rows, note
 
 
@@ -353,14 +360,23 @@ def heads_table(rows: list[dict], note: str = "") -> str:
     return "\n".join(lines) + (f"\n\n{note}\n" if note else "\n")
 
 
-def _fit_ease(run: TrainedRun) -> EASE:
-    """EASE on the interactions before the test cutoff, with the λ the run's baseline table chose on validation
-    (tuned here the same way when the run has no table)."""
-    from recfm.platform.evaluation.harness import tune_and_test
+def _fit_ease(run: TrainedRun, stage: str) -> EASE | None:
+    """EASE on the events known at `stage`, with the λ the run's baseline table chose on validation (tuned here
+    the same way when the run has no table); None for catalogs past `eval.ease_max_items`."""
+    from recfm.platform.evaluation.harness import evaluate
 
-    chosen, e = _chosen_ease_lambda(run), run.cfg.eval
-    grid = [{"lam": chosen}] if chosen else [{"lam": lam} for lam in e.ease_lambdas]
-    scorer = EASE()
-    tune_and_test(scorer, grid, run.sequences, [10], e.batch_size, e.seed, log=lambda _: None,
-                  val_targets=e.val_targets)
+    e, seqs = run.cfg.eval, run.sequences
+    if seqs.n_items > e.ease_max_items:
+        return None
+    chosen = _chosen_ease_lambda(run)
+    lambdas = [chosen] if chosen else list(e.ease_lambdas)
+    if len(lambdas) > 1:
+        values = []
+        for lam in lambdas:
+            scorer = EASE(lam)
+            scorer.fit(seqs, "val")
+            values.append(evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[0]["NDCG@10"])
+        lambdas = [lambdas[int(np.argmax(values))]]
+    scorer = EASE(lambdas[0])
+    scorer.fit(seqs, stage)
     return scorer
