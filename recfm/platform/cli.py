@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(show)
     show.set_defaults(run=lambda a: print(to_yaml(_config(a)), end=""))
 
-    demo = commands.add_parser("demo", help="the main job on the embedded defaults: train the foundation model on "
-                                           "the bundled ml-latest-small and test it beside the baselines")
+    demo = commands.add_parser("demo", help="the main job on the embedded defaults: on the bundled ml-latest-small "
+                                           "(time split), train the foundation model, test it beside the "
+                                           "baselines, then train and test the task heads")
     _config_args(demo)
     demo.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     demo.set_defaults(run=_demo)
@@ -234,9 +235,11 @@ def _heads_train(args: argparse.Namespace) -> None:
 def _recommend(args: argparse.Namespace) -> None:
     from recfm.heads.context import Request
     from recfm.platform.recommend import Recommender, format_json, format_text
+    from recfm.platform.runtime import configure_process
 
     if args.k < 1:
         raise ValueError("-k must be at least 1")
+    configure_process()
     recommender = Recommender(Path(args.run_dir) if args.run_dir else None)
     if args.task == "homepage" and not args.flat:
         rec = recommender.homepage(args.user, args.hour)
