@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from recfm.heads.batch import EventLog, heads_batch
@@ -74,7 +75,7 @@ class Recommender:
         home, notes = self.scores(request)
         seqs, catalog = self.run.sequences, self.run.catalog
         u = self.run.users.get(str(user))
-        history = seqs.events["item"][seqs.offsets[u]:seqs.offsets[u + 1]] if u is not None else []
+        history = seqs.events["item"][seqs.offsets[u]:seqs.offsets[u + 1]] if u is not None else np.zeros(0, int)
         latest = list(dict.fromkeys(history[::-1].tolist()))[:recent]
         because = [(catalog.label(i), self.scores(Request("similars", user=user, item=str(catalog.item_ids[i]),
                                                           hour=hour))[0]) for i in latest]
