@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from recfm.heads.text import BM25
+from recfm.platform.evaluation.baselines import ease_weights as ease_weights_from_gram
 
 SIGNALS = ("lexical", "lexical_any", "popularity", "source_cooc", "history_cooc", "collaborative", "seen")
 
@@ -55,11 +56,9 @@ class CatalogSignals:
         neighbours = _top_k_per_row(sp.csr_matrix((cosine, (coo.row, coo.col)), shape=gram.shape), k)
         ease = sp.csr_matrix((n_items, n_items), dtype=np.float32)
         if ease_weights is None and n_items <= ease_max_items:
-            a = torch.from_numpy(gram.toarray())
-            a.diagonal().copy_(torch.from_numpy(norms ** 2 + ease_lambda))
-            p = torch.cholesky_inverse(torch.linalg.cholesky(a))
-            ease_weights = -p / torch.diagonal(p)[None, :]
-            ease_weights.fill_diagonal_(0.0)
+            full_gram = torch.from_numpy(gram.toarray())
+            full_gram.diagonal().copy_(torch.from_numpy(norms ** 2))  # restore the counts zeroed above
+            ease_weights = ease_weights_from_gram(full_gram, ease_lambda)
         if ease_weights is not None:
             top = torch.topk(ease_weights, min(10 * k, n_items), dim=1)
             rows = np.repeat(np.arange(n_items), top.indices.shape[1])
