@@ -113,6 +113,7 @@ class HeadsModel(nn.Module):
         self.text = TextEncoder(spec.text_dim, spec.word_buckets, spec.trigram_buckets)
         self.no_user = nn.Parameter(torch.zeros(dim))
         self.no_item = nn.Parameter(torch.zeros(dim))
+        self._item_cache: tuple[KeyedJaggedTensor, torch.Tensor] | None = None
         names = ["unified"] if spec.mode == "unified" else list(TASKS)
         self.rankers = nn.ModuleDict({name: ContextualRanker(dim, spec) for name in names})
 
@@ -128,7 +129,7 @@ class HeadsModel(nn.Module):
         source = torch.where(has_source[:, None], items[batch.source.clamp(min=0)], self.no_item)
         query = self.text(batch.query)
         has_query = (batch.query.lengths().view(len(batch.query.keys()), -1).sum(0) > 0)[:, None]
-        text_match = F.normalize(query, dim=-1) @ F.normalize(self.text(item_text), dim=-1).T
+        text_match = F.normalize(query, dim=-1) @ F.normalize(self._item_vectors(item_text), dim=-1).T
         text_match = torch.where(has_query, text_match, 0.0)
         scores = torch.empty(batch.task.shape[0], items.shape[0])
         for name, ranker in self.rankers.items():
@@ -139,6 +140,23 @@ class HeadsModel(nn.Module):
             scores[rows] = ranker(user[rows], source[rows], query[rows], batch, rows, fm_scores[rows],
                                   text_match[rows])
         return scores.masked_fill(batch.exclude, -torch.inf)
+
+    def _item_vectors(self, item_text: KeyedJaggedTensor) -> torch.Tensor:
+        """The catalog's text vectors; out of training they are encoded once per catalog, not once per request."""
+        if self.training:
+            return self.text(item_text)
+        if self._item_cache is None or self._item_cache[0] is not item_text:
+            with torch.no_grad():
+                self._item_cache = (item_text, self.text(item_text))
+        return self._item_cache[1]
+
+    def train(self, mode: bool = True) -> HeadsModel:
+        self._item_cache = None  # the encoder may have changed
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._item_cache = None
+        return super().load_state_dict(*args, **kwargs)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The weights the heads own: everything but a frozen FM, which stays the run's own (and may be swapped
