@@ -15,7 +15,7 @@ from recfm.heads.model import HeadsBatch
 from recfm.heads.signals import CatalogSignals
 from recfm.heads.text import text_features
 
-_EXCLUDE_SEEN = (TASKS.index("similars"), TASKS.index("homepage"))  # search may re-find a watched title
+EXCLUDE_SEEN = (TASKS.index("similars"), TASKS.index("homepage"))  # search may re-find a watched title
 
 
 @dataclass
@@ -43,7 +43,7 @@ def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals, 
     features = signals.features(list(examples.query), examples.item, histories)
     exclude = np.zeros((len(examples), features.shape[1]), dtype=bool)
     for row, (task, items, source) in enumerate(zip(examples.task, histories, examples.item, strict=True)):
-        if task in _EXCLUDE_SEEN:
+        if task in EXCLUDE_SEEN:
             exclude[row, items] = True
             if source >= 0:
                 exclude[row, source] = True

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from recfm.fm.model import build_model
-from recfm.heads.batch import EventLog, heads_batch
+from recfm.heads.batch import EXCLUDE_SEEN, EventLog, heads_batch
 from recfm.heads.context import impute
 from recfm.heads.evaluate import evaluate_scorer, task_baselines
 from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
@@ -60,7 +60,7 @@ def build_examples(run: TrainedRun, start: float, end: float, hc: HeadsConfig) -
 def _rankable(examples: HeadExamples, log: EventLog) -> np.ndarray:
     """Requests whose answer is not excluded for them (an item seen before, on tasks that exclude those)."""
     histories = log.histories(examples.user, np.where(examples.user >= 0, examples.known, 0))
-    excluding = examples.task != TASKS.index("search")
+    excluding = np.isin(examples.task, EXCLUDE_SEEN)  # the rule `heads_batch` applies
     return np.array([not (ex and (t in set(h.tolist()) or t == s))
                      for ex, t, h, s in zip(excluding, examples.target, histories, examples.item, strict=True)])
 
