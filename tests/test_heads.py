@@ -15,7 +15,7 @@ from recfm.heads.context import Request, RequestError, impute, resolve
 from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
 from recfm.heads.model import HeadsModel, HeadsSpec
 from recfm.heads.page import compose_page
-from recfm.heads.signals import SIGNALS, CatalogSignals
+from recfm.heads.signals import SIGNALS, CatalogSignals, SignalTimeline
 from recfm.heads.text import BM25, TextEncoder, text_features
 
 # two users; items 0..5. user 0: 0 1 | (2 h later) 2 3 ; user 1: 4 5 0
@@ -114,6 +114,19 @@ def test_signals_and_exclusions():
     assert not batch.exclude[0].any()
     assert batch.exclude[1].tolist() == [True, False, False, False, True, True]  # user 1 had 4 5 0
     assert batch.exclude[2].tolist() == [True, True, True, True, False, False]
+
+
+def test_trending_counts_recent_interactions_and_the_timeline_never_reads_ahead():
+    early = CatalogSignals.fit(DOCS, np.array([0, 0, 1]), np.array([0, 1, 0]), 6, k=3)
+    late = CatalogSignals.fit(DOCS, np.array([0, 0, 1, 1, 1]), np.array([0, 1, 0, 5, 5]), 6, k=3,
+                              recent_item=np.array([5, 5]))
+    assert late.trend.tolist() == [0, 0, 0, 0, 0, 1] and late.log_pop[0] == 1.0  # item 5 trends, 0 stays top
+    timeline = SignalTimeline([0.0, 100.0], [early, late])
+    pop, trend = SIGNALS.index("popularity"), SIGNALS.index("trending")
+    s = timeline.features(["", "", ""], np.array([-1, -1, -1]), [ITEMS[:0]] * 3, np.array([99, 100, 500]))
+    assert s[0, 5, pop] == 0.0 and s[1, 5, pop] > 0.0 and s[2, 5, trend] == 1.0  # item 5 unknown before 100
+    with pytest.raises(ValueError, match="older than the timeline's first cutoff"):
+        timeline.features([""], np.array([-1]), [ITEMS[:0]], np.array([-5]))
 
 
 @pytest.mark.parametrize("mode", ["unified", "separate"])

@@ -12,7 +12,7 @@ from recfm.fm.batching import inference_batch, rows_from_arrays
 from recfm.fm.tokens import EventTokenizer
 from recfm.heads.examples import TASKS, HeadExamples
 from recfm.heads.model import HeadsBatch
-from recfm.heads.signals import CatalogSignals
+from recfm.heads.signals import CatalogSignals, SignalTimeline
 from recfm.heads.text import text_features
 
 EXCLUDE_SEEN = (TASKS.index("similars"), TASKS.index("homepage"))  # search may re-find a watched title
@@ -32,15 +32,15 @@ class EventLog:
                 for u, k in zip(user, known, strict=True)]
 
 
-def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals, tokenizer: EventTokenizer,
-                max_len: int, word_buckets: int, trigram_buckets: int) -> HeadsBatch:
+def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals | SignalTimeline,
+                tokenizer: EventTokenizer, max_len: int, word_buckets: int, trigram_buckets: int) -> HeadsBatch:
     """Examples must already be imputed (`recfm.heads.context.impute`)."""
     has_user = (examples.user >= 0) & (examples.known > 0)
     users = examples.user[has_user]
     history = inference_batch(rows_from_arrays(log.offsets, log.events, users), examples.known[has_user],
                               tokenizer, max_len)
     histories = log.histories(examples.user, np.where(has_user, examples.known, 0))
-    features = signals.features(list(examples.query), examples.item, histories)
+    features = signals.features(list(examples.query), examples.item, histories, examples.ts)
     exclude = np.zeros((len(examples), features.shape[1]), dtype=bool)
     for row, (task, items, source) in enumerate(zip(examples.task, histories, examples.item, strict=True)):
         if task in EXCLUDE_SEEN:

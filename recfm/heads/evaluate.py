@@ -35,7 +35,8 @@ def task_baselines(fm_scores: BatchScorer, ease_scores: BatchScorer) -> dict[str
     return {
         "search": {"BM25": _signal("lexical"), "LexicalPop": lexical_popularity},
         "similars": {"ItemKNN": _signal("source_cooc")},
-        "homepage": {"recfm-FM (next item)": fm_scores, "EASE": ease_scores, "MostPop": _signal("popularity")},
+        "homepage": {"recfm-FM (next item)": fm_scores, "EASE": ease_scores, "MostPop": _signal("popularity"),
+                     "Trending": _signal("trending")},
     }
 
 

@@ -127,6 +127,8 @@ class HeadsConfig:
     max_train_per_task: int = 6000  # random subset (seeded) when a task has more requests; counts are printed
     max_test_per_task: int = 3000
     neighbours: int = 100  # co-occurrence neighbours per item (the source_cooc and history_cooc signals)
+    trend_days: float = 365.0  # the trending signal counts the interactions of this many days before its cutoff
+    signal_refits: int = 4  # training requests read signals refitted at this many cutoffs across their span
     page_rows: int = 6  # homepage page: rows ...
     row_length: int = 8  # ... of this many items ...
     genre_cap: int = 3  # ... with at most this many of one genre in a row
@@ -136,10 +138,41 @@ class HeadsConfig:
         _one_of("heads.fm", self.fm, ("frozen", "finetune"))
         if not 0 < self.holdout < 1:
             raise ConfigError("heads.holdout must be in (0, 1)")
-        if min(self.epochs, self.batch_size, self.text_dim, self.hidden, self.word_buckets, self.trigram_buckets,
-               self.max_train_per_task, self.max_test_per_task, self.page_rows, self.row_length,
+        if self.trend_days <= 0:
+            raise ConfigError("heads.trend_days must be positive")
+        if min(self.epochs, self.signal_refits, self.batch_size, self.text_dim, self.hidden, self.word_buckets,
+               self.trigram_buckets, self.max_train_per_task, self.max_test_per_task, self.page_rows, self.row_length,
                self.genre_cap) < 1:
             raise ConfigError("heads: sizes, counts and epochs must be at least 1")
+
+
+@dataclass
+class DistillConfig:
+    """`recfm distill RUN`: a small student (plain embeddings, fewer layers and dimensions) learns the run's FM."""
+
+    enabled: bool = True  # `recfm demo` distils and exports the demo run
+    dim: int = 32
+    layers: int = 1
+    heads: int = 1
+    ffn_mult: int = 2
+    dropout: float = 0.1
+    temperature: float = 2.0  # of the KL between teacher and student catalog softmaxes (scaled by T^2)
+    hard_weight: float = 0.5  # the next-item cross-entropy's weight beside the KL's 1
+    repr_weight: float = 0.0  # MSE between the teacher's user vectors and the student's, projected (0 = off)
+    candidates: int = 0  # 0 = the KL over the whole catalog; else over this many shared sampled items per step
+    epochs: int = 40
+    patience: int = 4  # validations without a better validation NDCG@10
+    batch_size: int = 64  # training windows per worker per step
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+
+    def validate(self) -> None:
+        if min(self.dim, self.layers, self.heads, self.ffn_mult, self.epochs, self.patience, self.batch_size) < 1:
+            raise ConfigError("distill: sizes, epochs, patience and batch_size must be at least 1")
+        if self.dim % self.heads:
+            raise ConfigError(f"distill.dim ({self.dim}) must be divisible by distill.heads ({self.heads})")
+        if self.temperature <= 0 or self.hard_weight < 0 or self.repr_weight < 0 or self.candidates < 0:
+            raise ConfigError("distill: temperature > 0; hard_weight, repr_weight and candidates >= 0")
 
 
 @dataclass
@@ -154,6 +187,7 @@ class RecfmConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
         for f in fields(self):

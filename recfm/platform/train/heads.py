@@ -8,7 +8,8 @@ Time protocol (data.split=time, cutoffs val < test): the best FM checkpoint lear
 The heads learn from requests in [val, test), which that FM never saw, so its scores on them are honest (the
 stacking rule); the latest `heads.holdout` of those picks the epoch. Every request at or after `test` is a
 test request, scored with the FM refitted up to `test` (`final_checkpoint`; a fine-tuned FM stays the heads'
-own). Signals are fitted on events (and tags) before `val` for training and before `test` for testing.
+own). Signals are fitted on events (and tags) before `test` for testing; training requests read a timeline of
+`heads.signal_refits` fits, the first at `val`, each request the latest fit before it (`SignalTimeline`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from recfm.heads.context import impute
 from recfm.heads.evaluate import evaluate_scorer, task_baselines
 from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_examples, similars_examples
 from recfm.heads.model import HeadsModel, HeadsSpec
-from recfm.heads.signals import SIGNALS, CatalogSignals
+from recfm.heads.signals import SIGNALS, CatalogSignals, SignalTimeline
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig, RecfmConfig, config_from_dict
 from recfm.platform.evaluation.baselines import EASE
@@ -41,7 +42,7 @@ HEADS_DIR = "heads"
 WEIGHTS_FILE = "heads.pt"
 SPEC_FILE = "heads.json"
 SIGNALS_FILE = "signals.npz"
-SELECTION = "holdout_ndcg10"
+SELECTION = "holdout_gain"  # mean over tasks of holdout NDCG@10 / the untrained blend's
 
 
 def build_examples(run: TrainedRun, start: float, end: float, hc: HeadsConfig) -> HeadExamples:
@@ -103,7 +104,7 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     seqs = run.sequences
     log_events = EventLog(seqs.offsets, seqs.events)
     val_cut, test_cut = float(info.val_cutoff), float(info.test_cutoff)
-    train_signals = fit_signals(run, val_cut, hc, _fit_ease(run, "val"))
+    train_signals = signal_timeline(run, val_cut, test_cut, hc, log)
     examples = build_examples(run, val_cut, test_cut, hc)
     examples = examples.take(np.flatnonzero(_rankable(examples, log_events)))
     examples = _per_task_subset(examples, hc.max_train_per_task, cfg.train.seed)
@@ -137,12 +138,24 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
 def fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig, ease: EASE | None = None) -> CatalogSignals:
     """The catalog signals from the events and tags before `cutoff` (`ease`: EASE already fitted on them)."""
     seqs = run.sequences
-    known = seqs.events["ts"] < cutoff
+    ts = seqs.events["ts"]
+    known = ts < cutoff
+    last = float(ts[known].max(initial=0)) if np.isinf(cutoff) else cutoff
+    recent = known & (ts >= last - 86_400 * hc.trend_days)
     lam = _chosen_ease_lambda(run)
     return CatalogSignals.fit(run.catalog.documents(cutoff), seqs.event_user[known], seqs.events["item"][known],
                               seqs.n_items, hc.neighbours, ease_lambda=lam if lam else 100.0,
                               ease_max_items=run.cfg.eval.ease_max_items,
-                              ease_weights=ease.weights if ease is not None else None)
+                              ease_weights=ease.weights if ease is not None else None,
+                              recent_item=seqs.events["item"][recent])
+
+
+def signal_timeline(run: TrainedRun, start: float, end: float, hc: HeadsConfig, log=print) -> SignalTimeline:
+    """`heads.signal_refits` fits at evenly spaced cutoffs over [start, end), the first at `start`."""
+    cutoffs = [start + (end - start) * k / hc.signal_refits for k in range(hc.signal_refits)]
+    log(f"heads: fitting training signals at {', '.join(time.strftime('%Y-%m-%d', time.gmtime(c)) for c in cutoffs)}")
+    return SignalTimeline(cutoffs, [fit_signals(run, c, hc, _fit_ease(run, "val") if k == 0 else None)
+                                    for k, c in enumerate(cutoffs)])
 
 
 def _chosen_ease_lambda(run: TrainedRun) -> float | None:
@@ -155,7 +168,7 @@ def _chosen_ease_lambda(run: TrainedRun) -> float | None:
 
 
 def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSpec, log_events: EventLog,
-                signals: CatalogSignals, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
+                signals: SignalTimeline, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
                 log) -> dict:
     import ray
     import ray.train
@@ -179,7 +192,8 @@ def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSp
         raise RuntimeError("heads training reported no checkpoint")
     with result.checkpoint.as_directory() as directory:
         best = json.loads((Path(directory) / "best.json").read_text())
-        log(f"heads: best holdout NDCG@10 {best['value']:.4f} at epoch {best['epoch']} ({best['stopped']})")
+        log(f"heads: best holdout NDCG@10, relative to the untrained blend's and averaged over tasks, "
+            f"{best['value']:.3f} at epoch {best['epoch']} ({best['stopped']})")
         return torch.load(Path(directory) / WEIGHTS_FILE, weights_only=True)
 
 
@@ -238,7 +252,24 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
     counts = np.bincount(examples.task, minlength=len(TASKS)).astype(np.float64)
     # rarer tasks weigh more, by the square root of their rarity (full inverse frequency overfits the rarest)
     task_weight = torch.from_numpy(np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)).float()
-    best, best_state, stale, stopped = {"value": -1.0, "epoch": 0, "stopped": ""}, None, 0, ""
+    mine = holdout.take(np.arange(rank, len(holdout), world))
+    holdout_batches = [batch_of(mine.take(np.arange(s, min(s + 256, len(mine))))) for s in range(0, len(mine), 256)]
+
+    def holdout_ndcg(losses: list[float]) -> tuple[torch.Tensor, float]:
+        """Per-task holdout NDCG@10 over every rank, and the mean training loss."""
+        model.eval()
+        totals = torch.cat([_ndcg_sums(model, holdout_batches, item_text).flatten(),
+                            torch.tensor([float(np.mean(losses)) if losses else 0.0], dtype=torch.float64)])
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        per_task = totals[:-1].view(2, len(TASKS))
+        return per_task[0] / per_task[1].clamp(min=1), float(totals[-1]) / world
+
+    # selection: the mean over tasks of each task's holdout NDCG@10 relative to the untrained blend's, so that
+    # every task counts alike (in absolute terms search's figures, ten times the others', decided alone)
+    start, _ = holdout_ndcg([])
+    present = start > 0
+    best, best_state, stale, stopped = {"value": 1.0, "epoch": 0, "stopped": ""}, model.head_state(), 0, ""
     size = min(hc.batch_size, len(examples) // world)
     steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
     for epoch in range(1, hc.epochs + 1):
@@ -256,17 +287,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        model.eval()
-        mine = holdout.take(np.arange(rank, len(holdout), world))
-        sums = _ndcg_sums(model, [batch_of(mine.take(np.arange(s, min(s + 256, len(mine)))))
-                                  for s in range(0, len(mine), 256)], item_text)
-        totals = torch.cat([sums.flatten(), torch.tensor([float(np.mean(losses)) if losses else 0.0],
-                                                          dtype=torch.float64)])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        per_task = totals[:-1].view(2, len(TASKS))
-        present = per_task[1] > 0
-        value = float((per_task[0][present] / per_task[1][present]).mean())  # the mean over tasks
+        per_task, mean_loss = holdout_ndcg(losses)
+        value = float((per_task[present] / start[present]).mean()) if bool(present.any()) else 0.0
         improved = value > best["value"]
         if improved:
             best, stale = {"value": value, "epoch": epoch, "stopped": ""}, 0
@@ -277,9 +299,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             stopped = f"no better holdout NDCG@10 for {hc.patience} epochs"
         elif epoch == hc.epochs:
             stopped = f"all {hc.epochs} epochs done"
-        metrics = {SELECTION: value, "epoch": epoch, "loss": float(totals[-1]) / world}
-        metrics |= {f"holdout_ndcg10_{t}": float(per_task[0][i] / per_task[1][i])
-                    for i, t in enumerate(TASKS) if present[i]}
+        metrics = {SELECTION: value, "epoch": epoch, "loss": mean_loss}
+        metrics |= {f"holdout_ndcg10_{t}": float(per_task[i]) for i, t in enumerate(TASKS) if present[i]}
         if stopped:
             best["stopped"] = stopped
         report(metrics, best_state if rank == 0 and (improved or stopped) else None, best)
