@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     heads_train.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     heads_train.set_defaults(run=_heads_train)
 
+    dis = commands.add_parser("distill", help="train a small student from a run's FM on Ray, and test it")
+    dis.add_argument("run_dir", nargs="?", help="a training run (default: the newest under runs/)")
+    dis.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. distill.dim=48")
+    dis.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    dis.set_defaults(run=_distill)
+
+    exp = commands.add_parser("export", help="write a run's student (or teacher) as torch.export + ONNX")
+    exp.add_argument("run_dir", nargs="?", help="a training run (default: the newest under runs/)")
+    exp.add_argument("--model", default="student", choices=["student", "teacher"])
+    exp.add_argument("--out", help="export directory (default: RUN/export/<model>)")
+    exp.set_defaults(run=_export)
+
     rec = commands.add_parser("recommend", help="serve a request with a run's heads")
     rec_commands = rec.add_subparsers(metavar="TASK")
     for task, text in (("homepage", "a homepage page of rows for a user"),
@@ -215,14 +227,9 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _heads_train(args: argparse.Namespace) -> None:
-    from recfm.platform.rundir import CONFIG_FILE, latest_run
     from recfm.platform.train.heads import train_heads
 
-    run = Path(args.run_dir) if args.run_dir and "=" not in args.run_dir else latest_run()
-    overrides = [o for o in [args.run_dir, *args.overrides] if o and "=" in o]
-    if run is None or not (run / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"no training run at {run or 'runs/'}")
-    cfg = load_config(run / CONFIG_FILE, overrides)
+    run, cfg = _run_and_config(args)
     print(to_yaml(cfg), end="")
     try:
         train_heads(run, cfg, args.address, out_name=args.out)
@@ -230,6 +237,39 @@ def _heads_train(args: argparse.Namespace) -> None:
         import ray
 
         ray.shutdown()
+
+
+def _run_and_config(args: argparse.Namespace) -> tuple[Path, RecfmConfig]:
+    """A run directory argument (the newest run when absent) and its config with the KEY=VALUE overrides."""
+    from recfm.platform.rundir import CONFIG_FILE, latest_run
+
+    run = Path(args.run_dir) if args.run_dir and "=" not in args.run_dir else latest_run()
+    overrides = [o for o in [args.run_dir, *getattr(args, "overrides", [])] if o and "=" in o]
+    if run is None or not (run / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"no training run at {run or 'runs/'}")
+    return run, load_config(run / CONFIG_FILE, overrides)
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from recfm.platform.train.distill import distill
+
+    run, cfg = _run_and_config(args)
+    print(to_yaml(cfg), end="")
+    try:
+        distill(run, cfg, args.address)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+def _export(args: argparse.Namespace) -> None:
+    from recfm.platform.runtime import configure_process
+    from recfm.serving_exports.export import export_trained
+
+    run, cfg = _run_and_config(args)
+    configure_process(cfg.threads)
+    export_trained(run, args.model, Path(args.out) if args.out else None)
 
 
 def _recommend(args: argparse.Namespace) -> None:

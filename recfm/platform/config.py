@@ -161,9 +161,9 @@ class DistillConfig:
     repr_weight: float = 0.0  # MSE between the teacher's user vectors and the student's, projected (0 = off)
     candidates: int = 0  # 0 = the KL over the whole catalog; else over this many shared sampled items per step
     epochs: int = 40
-    patience: int = 4  # validations without a better validation NDCG@10
-    batch_size: int = 64  # training windows per worker per step
-    lr: float = 3e-3
+    patience: int = 6  # validations without a better validation NDCG@10
+    batch_size: int = 16  # training windows per worker per step (small: the demo data has under 1,000 windows)
+    lr: float = 5e-3
     weight_decay: float = 0.01
 
     def validate(self) -> None:

@@ -34,10 +34,12 @@ from recfm.platform.evaluation.report import write_results
 from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import load_weights, read_state
+from recfm.platform.train.distill import distill
 from recfm.platform.train.heads import train_heads
 from recfm.platform.train.metrics import METRICS_FILE, REFIT_METRICS_FILE
 from recfm.platform.train.worker import SELECTION, train_worker
 from recfm.platform.trained import BEST_LINK, FINAL_LINK, MODEL_FILE
+from recfm.serving_exports.export import export_trained
 
 RAY_DIR = "ray"
 RAY_RUN_NAME = "train"
@@ -82,6 +84,9 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
             train_heads(run_dir, cfg, address, log)
         elif cfg.heads.enabled:
             log("heads skipped: they are trained and tested across time (data.split=time)")
+        if cfg.distill.enabled:
+            distill(run_dir, cfg, address, log)
+            export_trained(run_dir, "student", log=log)
     finally:
         import ray
 

@@ -1,0 +1,158 @@
+"""The demo path end to end on a real local Ray: FM training on the bundled data's time split, its refit, the
+heads trained on Ray and tested per task beside their baselines and served through the CLI, then the student
+distilled on Ray, exported (torch.export, ONNX) and scored by a consumer that has no recfm."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recfm.heads.context import Request
+from recfm.heads.examples import TASKS
+from recfm.platform.config import load_config
+from recfm.platform.train.job import train
+
+TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
+        "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
+        "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "eval.val_targets=2000", "heads.epochs=2",
+        "heads.max_train_per_task=300", "heads.max_test_per_task=300",
+        "distill.epochs=2"]  # EASE skipped: its 9,724² inverse is slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("heads") / "run"
+    train(load_config(None, [*TINY, f"run_dir={run_dir}"]), log=lambda _: None)
+    return run_dir
+
+
+def _recfm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recfm", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_heads_are_tested_per_task_beside_their_baselines(run):
+    assert (run / "final_checkpoint" / ".metadata").exists() and (run / "refit_metrics.jsonl").exists()
+    table = (run / "heads" / "results.md").read_text()
+    for task, baseline in zip(TASKS, ("BM25", "ItemKNN", "MostPop"), strict=True):
+        assert f"| {task} | recfm heads (unified, FM frozen) |" in table and f"| {task} | {baseline} |" in table
+
+
+def test_recommendations_from_the_trained_heads(run):
+    from recfm.platform.recommend import Recommender
+
+    rec = Recommender(run)
+    page = rec.homepage("1", hour=20)
+    placed = [it["item_id"] for row in page.rows for it in row["items"]]
+    assert page.rows and len(placed) == len(set(placed))
+    seqs = rec.run.sequences
+    watched = {int(rec.run.catalog.item_ids[i]) for i in seqs.events["item"][seqs.offsets[0]:seqs.offsets[1]]}
+    assert not set(placed) & watched  # user "1" is dense user 0: nothing already watched is on the page
+    similar = rec.recommend(Request("similars", item="1", hour=3), k=5)
+    assert len(similar.items) == 5 and 1 not in [it["item_id"] for it in similar.items]
+    assert any("query imputed" in n for n in similar.notes)
+    stranger = rec.homepage("no-such-user", hour=3)
+    assert stranger.rows and any("anonymous" in n for n in stranger.notes)
+
+
+def test_recommend_cli_json_and_clear_errors(run):
+    done = _recfm("recommend", "search", "--query", "pixar animation", "--user", "1", "--run", str(run), "--json")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["task"] == "search" and len(payload["items"]) == 10
+    for args, message in ((["similars", "--item", "99999999"], "unknown item 99999999"),
+                          (["search", "--query", "  "], "search needs a non-empty query"),
+                          (["homepage", "--user", "1", "--hour", "25"], "hour must be 0..23")):
+        bad = _recfm("recommend", *args, "--run", str(run))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_student_is_tested_beside_its_teacher_and_the_baselines(run):
+    table = (run / "distill" / "results.md").read_text()
+    for row in ("| student |", "| teacher (best checkpoint) |", "| teacher (final: refitted", "| MostPop |"):
+        assert row in table
+    assert "of the teacher's test NDCG@10" in table
+
+
+def test_export_agrees_with_eager_on_a_thousand_histories(run):
+    from recfm.platform.train.distill import load_student
+    from recfm.platform.trained import TrainedRun
+    from recfm.serving_exports.export import _parity_requests, check_parity, read_manifest
+    from recfm.serving_exports.serving import ServingModel
+
+    export = run / "export" / "student"
+    manifest = read_manifest(export)
+    assert manifest["parity"]["requests"] >= 1000 and max(manifest["parity"]["max_abs_diff"].values()) <= 1e-4
+    student = load_student(run)
+    trained = TrainedRun.open(run)
+    users, known = _parity_requests(trained.sequences.offsets, 1000, seed=7)  # not the export's own sample
+    names = [i["name"] for i in manifest["inputs"]]
+    worst = check_parity(export, ServingModel(student), student.score_items, trained, names, users, known,
+                         manifest["max_events"])
+    assert max(worst.values()) <= 1e-4, worst
+
+
+CONSUMER = re.compile(r"<!-- consumer:start -->\s*```python\n(.*?)```\s*<!-- consumer:end -->", re.S)
+NO_RECFM = """import importlib.abc, sys
+class _Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("recfm", "torch", "torchrec"):
+            raise ImportError(f"the consumer must not need {name}")
+sys.meta_path.insert(0, _Refuse())
+"""
+
+
+def test_the_readme_consumer_scores_with_onnxruntime_alone(run, tmp_path):
+    from recfm.platform.train.distill import load_student
+    from recfm.serving_exports.serving import ServingModel
+
+    code = CONSUMER.search((Path(__file__).parents[1] / "README.md").read_text()).group(1)
+    (tmp_path / "sitecustomize.py").write_text(NO_RECFM)  # recfm, torch and torchrec cannot be imported
+    env = os.environ | {"PYTHONPATH": str(tmp_path), "RECFM_EXPORT": str(run / "export" / "student")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # the same events through recfm's eager module: the same ten items
+    ids = json.loads((run / "export" / "student" / "id_maps.json").read_text())
+    index = {item: i for i, item in enumerate(ids["item"])}
+    events = printed["events"]
+    serving = ServingModel(load_student(run))
+    feed = {"item": [[index[e[0]] for e in events]], "ts": [[e[1] for e in events]], "prev_ts": [-1],
+            "action": [[ids["vocab"]["action"].index(e[3]) for e in events]], "value": [[e[2] for e in events]],
+            "lengths": [len(events)]}
+    tensors = [torch.tensor(feed[n], dtype=torch.float32 if n == "value" else torch.int64) for n in serving.names]
+    with torch.no_grad():
+        scores = serving(*tensors)[0][0].numpy()
+    scores[[index[e[0]] for e in events]] = -np.inf
+    assert printed["top10"] == [ids["item"][i] for i in np.argsort(-scores, kind="stable")[:10]]
+
+
+def test_bad_exports_fail_with_a_clear_message(run, tmp_path):
+    missing = _recfm("export", str(tmp_path / "no-such-run"))
+    assert missing.returncode == 2 and "no training run" in missing.stderr and "Traceback" not in missing.stderr
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns("export"))
+    (copy / "distill" / "student.pt").write_bytes(b"not a checkpoint")
+    corrupt = _recfm("export", str(copy))
+    assert corrupt.returncode == 2 and "is not a readable student checkpoint" in corrupt.stderr, corrupt.stderr
+
+    from recfm.serving_exports.export import ExportError, read_manifest
+
+    export = tmp_path / "export"
+    shutil.copytree(run / "export" / "student", export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    (export / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
+    with pytest.raises(ExportError, match="format_version 99"):
+        read_manifest(export)
