@@ -12,7 +12,6 @@ On a time split the run's final FM was also refitted up to the test cutoff; the 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from recfm.platform.config import RecfmConfig, config_from_dict
+from recfm.platform.config import RecfmConfig
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.prepare import SEQUENCES_DIR
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
@@ -30,6 +29,7 @@ from recfm.platform.evaluation.harness import evaluate
 from recfm.platform.evaluation.report import RESULTS_JSON
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.data import TrainingCollate, training_windows
+from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
 from recfm.platform.trained import BEST_LINK, FINAL_LINK, TrainedRun
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.distill import DistillationObjective
@@ -55,7 +55,11 @@ def distill(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None =
     log(f"distill: teacher {_params(teacher):,} parameters (dim {teacher.cfg.dim}, {teacher.cfg.layers} layers), "
         f"student {_params(DenseSequenceModel.from_spec(student_spec)):,} (dim {d.dim}, {d.layers} layers); "
         f"{windows.num_rows:,} training windows")
-    state = _fit_on_ray(cfg, run, teacher, student_spec, windows, address, log)
+    state, best = fit_on_ray(cfg, run.directory, "distill", distill_worker,
+                             {"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
+                              "student_spec": student_spec, "windows": windows, "prepared": str(run.prepared)},
+                             address)
+    log(f"distill: best validation NDCG@10 {best['value']:.4f} at epoch {best['epoch']} ({best['stopped']})")
     out = run.directory / DISTILL_DIR
     out.mkdir(exist_ok=True)
     torch.save(state, out / STUDENT_FILE)
@@ -115,47 +119,11 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, teacher: DenseSequenceModel, student_spec: dict, windows,
-                address: str | None, log) -> dict:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from recfm.platform.train.job import RAY_DIR, start_ray
-
-    start_ray(cfg.train, address)
-    payload = ray.put({"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
-                       "student_spec": student_spec, "windows": windows, "prepared": str(run.prepared)})
-    t = cfg.train
-    trainer = TorchTrainer(
-        distill_worker, train_loop_config={"cfg": asdict(cfg), "payload": payload},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=False,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name="distill", storage_path=str(run.directory / RAY_DIR),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
-        torch_config=TorchConfig(backend="gloo"))
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("distillation reported no checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        best = json.loads((Path(directory) / "best.json").read_text())
-        log(f"distill: best validation NDCG@10 {best['value']:.4f} at epoch {best['epoch']} ({best['stopped']})")
-        return torch.load(Path(directory) / STUDENT_FILE, weights_only=True)
-
-
 def distill_worker(config: dict) -> None:
     """Ray Train's `train_loop_per_worker`: this rank's share of the windows each epoch; rank 0 validates and
     every rank takes its stopping decision; rank 0 reports the student whenever validation improves."""
-    import ray
-    import ray.train
-
-    configure_process(threads=1)
-    cfg = config_from_dict(config["cfg"])
-    payload = config["payload"]
-    if isinstance(payload, ray.ObjectRef):
-        payload = ray.get(payload)
-    ctx = ray.train.get_context()
-    rank, world, d = ctx.get_world_rank(), ctx.get_world_size(), cfg.distill
+    cfg, payload, rank, world = unpack(config)
+    d = cfg.distill
     torch.manual_seed(cfg.train.seed)
     teacher = DenseSequenceModel.from_spec(payload["teacher_spec"])
     teacher.load_state_dict(payload["teacher_state"])
@@ -171,7 +139,7 @@ def distill_worker(config: dict) -> None:
     seqs = Sequences.load(Path(payload["prepared"])) if rank == 0 else None
     size = min(d.batch_size, windows.num_rows // world)
     steps = windows.num_rows // (world * size)  # equal on every rank: DDP's collectives must pair up
-    best, best_state, stale, stopped = {"value": -1.0, "epoch": 0, "stopped": ""}, None, 0, ""
+    stopping, best_state = EarlyStopping(d.patience, d.epochs, "validation NDCG@10"), None
     for epoch in range(1, d.epochs + 1):
         objective.train()
         teacher.eval()
@@ -189,23 +157,12 @@ def distill_worker(config: dict) -> None:
                              dtype=torch.float64)
         if dist.is_initialized():
             dist.broadcast(value[:1], src=0)
-        improved = float(value[0]) > best["value"]
+        improved = stopping.update(float(value[0]), epoch)
         if improved:
-            best, stale = {"value": float(value[0]), "epoch": epoch, "stopped": ""}, 0
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        else:
-            stale += 1
-        if stale >= d.patience:
-            stopped = f"no better validation NDCG@10 for {d.patience} epochs"
-        elif epoch == d.epochs:
-            stopped = f"all {d.epochs} epochs done"
-        best["stopped"] = stopped
         metrics = {"val_ndcg10": float(value[0]), "epoch": epoch, "loss": float(value[1])}
-        if rank == 0 and (improved or stopped):
-            _report(metrics, best_state, best)
-        else:
-            ray.train.report(metrics)
-        if stopped:
+        report(metrics, best_state if rank == 0 and (improved or stopping.stopped) else None, stopping.best())
+        if stopping.stopped:
             break
 
 
@@ -214,13 +171,3 @@ def _validate(student: DenseSequenceModel, seqs: Sequences, cfg: RecfmConfig) ->
     scorer = FoundationScorer(student)
     scorer.fit(seqs, "val")
     return evaluate(scorer, seqs, "val", [10], cfg.eval.batch_size, cfg.eval.seed, cfg.eval.val_targets)[0]["NDCG@10"]
-
-
-def _report(metrics: dict, state: dict, best: dict) -> None:
-    """Rank 0's report: the best weights so far (again at the end, with why training stopped)."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, Path(directory) / STUDENT_FILE)
-        (Path(directory) / "best.json").write_text(json.dumps(best))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

@@ -15,7 +15,6 @@ own). Signals are fitted on events (and tags) before `test` for testing; trainin
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,9 +32,10 @@ from recfm.heads.examples import TASKS, HeadExamples, homepage_examples, search_
 from recfm.heads.model import HeadsModel, HeadsSpec
 from recfm.heads.signals import SIGNALS, CatalogSignals, SignalTimeline
 from recfm.heads.text import text_features
-from recfm.platform.config import HeadsConfig, RecfmConfig, config_from_dict
+from recfm.platform.config import HeadsConfig, RecfmConfig
 from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.runtime import configure_process
+from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
 from recfm.platform.trained import BEST_LINK, TrainedRun
 
 HEADS_DIR = "heads"
@@ -170,57 +170,18 @@ def _chosen_ease_lambda(run: TrainedRun) -> float | None:
 def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSpec, log_events: EventLog,
                 signals: SignalTimeline, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
                 log) -> dict:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from recfm.platform.train.job import RAY_DIR, start_ray
-
-    start_ray(cfg.train, address)
-    payload = ray.put({"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
-                       "signals": signals, "train": train_part, "holdout": holdout})
-    t = cfg.train
-    trainer = TorchTrainer(
-        heads_worker, train_loop_config={"cfg": asdict(cfg), "payload": payload},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=False,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name="heads", storage_path=str(run.directory / RAY_DIR),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
-        torch_config=TorchConfig(backend="gloo"))
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("heads training reported no checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        best = json.loads((Path(directory) / "best.json").read_text())
-        log(f"heads: best holdout NDCG@10, relative to the untrained blend's and averaged over tasks, "
-            f"{best['value']:.3f} at epoch {best['epoch']} ({best['stopped']})")
-        return torch.load(Path(directory) / WEIGHTS_FILE, weights_only=True)
+    state, best = fit_on_ray(cfg, run.directory, "heads", heads_worker,
+                             {"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
+                              "signals": signals, "train": train_part, "holdout": holdout}, address)
+    log(f"heads: best holdout NDCG@10, relative to the untrained blend's and averaged over tasks, "
+        f"{best['value']:.3f} at epoch {best['epoch']} ({best['stopped']})")
+    return state
 
 
 def heads_worker(config: dict) -> None:
     """Ray Train's `train_loop_per_worker` for the heads (DDP over the workers)."""
-    import ray
-    import ray.train
-
-    configure_process(threads=1)
-    cfg = config_from_dict(config["cfg"])
-    payload = config["payload"]
-    if isinstance(payload, ray.ObjectRef):
-        payload = ray.get(payload)
-    ctx = ray.train.get_context()
-    fit_heads(cfg, payload, ctx.get_world_rank(), ctx.get_world_size(), _ray_report)
-
-
-def _ray_report(metrics: dict, state: dict | None, best: dict | None) -> None:
-    import ray.train
-
-    if state is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, Path(directory) / WEIGHTS_FILE)
-        (Path(directory) / "best.json").write_text(json.dumps(best))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    cfg, payload, rank, world = unpack(config)
+    fit_heads(cfg, payload, rank, world, report)
 
 
 def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) -> None:
@@ -269,7 +230,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
     # every task counts alike (in absolute terms search's figures, ten times the others', decided alone)
     start, _ = holdout_ndcg([])
     present = start > 0
-    best, best_state, stale, stopped = {"value": 1.0, "epoch": 0, "stopped": ""}, model.head_state(), 0, ""
+    stopping, best_state = EarlyStopping(hc.patience, hc.epochs, "holdout NDCG@10"), model.head_state()
+    stopping.value = 1.0  # the untrained blend's, by definition
     size = min(hc.batch_size, len(examples) // world)
     steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
     for epoch in range(1, hc.epochs + 1):
@@ -289,22 +251,13 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             losses.append(loss.item())
         per_task, mean_loss = holdout_ndcg(losses)
         value = float((per_task[present] / start[present]).mean()) if bool(present.any()) else 0.0
-        improved = value > best["value"]
+        improved = stopping.update(value, epoch)
         if improved:
-            best, stale = {"value": value, "epoch": epoch, "stopped": ""}, 0
             best_state = model.head_state()
-        else:
-            stale += 1
-        if stale >= hc.patience:
-            stopped = f"no better holdout NDCG@10 for {hc.patience} epochs"
-        elif epoch == hc.epochs:
-            stopped = f"all {hc.epochs} epochs done"
         metrics = {SELECTION: value, "epoch": epoch, "loss": mean_loss}
         metrics |= {f"holdout_ndcg10_{t}": float(per_task[i]) for i, t in enumerate(TASKS) if present[i]}
-        if stopped:
-            best["stopped"] = stopped
-        report(metrics, best_state if rank == 0 and (improved or stopped) else None, best)
-        if stopped:
+        report(metrics, best_state if rank == 0 and (improved or stopping.stopped) else None, stopping.best())
+        if stopping.stopped:
             break
 
 
