@@ -1,6 +1,7 @@
 """The demo path end to end on a real local Ray: FM training on the bundled data's time split, its refit, the
 heads trained on Ray and tested per task beside their baselines and served through the CLI, then the student
-distilled on Ray, exported (torch.export, ONNX) and scored by a consumer that has no recfm."""
+distilled on Ray, exported (torch.export, ONNX) and scored by a consumer that has no recfm, and the run's
+embeddings pushed to the embedded store and read back through the CLI."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("heads") / "run"
-    train(load_config(None, [*TINY, f"run_dir={run_dir}"]), log=lambda _: None)
+    train(load_config(None, [*TINY, f"run_dir={run_dir}", f"store.uri={run_dir.parent / 'store'}"]),
+          log=lambda _: None)
     return run_dir
 
 
@@ -156,3 +158,64 @@ def test_bad_exports_fail_with_a_clear_message(run, tmp_path):
     (export / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
     with pytest.raises(ExportError, match="format_version 99"):
         read_manifest(export)
+
+
+def test_the_demo_pushes_one_models_user_and_item_vectors(run):
+    from recfm.platform.trained import TrainedRun
+    from recfm.serving_exports.embeddings import RunEmbeddings
+    from recfm.serving_exports.store import open_store
+
+    trained = TrainedRun.open(run)
+    seqs = trained.sequences
+    with open_store(str(run.parent / "store")) as store:
+        snap = store.snapshot()
+        assert snap.info.name == "run-teacher" and snap.info.meta["model"] == "teacher"
+        assert snap.info.meta["run_id"] == "run" and snap.info.meta["data_cutoff"].startswith("2017-06-21")
+        assert snap.count("user") == int((seqs.n_fit > 0).sum()) and snap.count("item") == seqs.n_items
+        # a consumer's dot product of the stored vectors is the FM's own next-item ranking at the cutoff
+        user = "1"
+        u = trained.users[user]
+        stored = snap.get("user", [user]).vectors[0]
+        items = snap.get("item", [str(i) for i in trained.catalog.item_ids]).vectors
+        fm = RunEmbeddings.load(run, "teacher")
+        np.testing.assert_allclose(stored, fm.user_vectors(np.array([u]))[0], atol=1e-5)
+        np.testing.assert_allclose(items, fm.model.item_table().detach().numpy(), atol=0)
+        top = snap.nearest("item", stored, 10)
+        exact = np.argsort(-(items @ stored), kind="stable")[:10]
+        assert top.ids == [str(trained.catalog.item_ids[i]) for i in exact]
+
+
+def test_embeddings_cli_reads_resumes_and_rolls_back(run):
+    store = ["--store", str(run.parent / "store")]
+    similar = _recfm("embeddings", "similar", "--item", "1", "-k", "5", "--json", *store)
+    assert similar.returncode == 0, similar.stderr
+    payload = json.loads(similar.stdout)
+    assert payload["version"] == "run-teacher" and len(payload["items"]) == 5
+    assert all(it["title"] for it in payload["items"]) and "1" not in [it["id"] for it in payload["items"]]
+    text = _recfm("embeddings", "similar", "--item", "1", *store)
+    assert "Toy Story (1995)" in text.stdout and text.stdout.count("\n") == 11
+
+    got = _recfm("embeddings", "get", "--kind", "user", "--ids", "1,nobody", "--json", *store)
+    assert got.returncode == 0 and json.loads(got.stdout)["missing"] == ["nobody"]
+    assert len(json.loads(got.stdout)["vectors"]["1"]) == 32
+
+    again = _recfm("push-embeddings", str(run), *store)  # the same version again: nothing new
+    assert again.returncode == 0 and "already published" in again.stdout, again.stderr
+    student = _recfm("push-embeddings", str(run), "--model", "student", "--no-progress", *store)
+    assert student.returncode == 0, student.stderr
+    versions = json.loads(_recfm("embeddings", "versions", "--json", *store).stdout)
+    assert [(v["name"], v["current"]) for v in versions] == [("run-teacher", False), ("run-student", True)]
+    assert versions[1]["dim"] == 32 and versions[1]["meta"]["model"] == "student"
+    back = _recfm("embeddings", "rollback", *store)
+    assert back.returncode == 0 and "'run-teacher' is current again" in back.stdout
+    assert json.loads(_recfm("embeddings", "similar", "--item", "1", "--json", *store).stdout)["version"] == \
+        "run-teacher"
+
+    for args, message in ((["similar", "--item", "no-such-item"], "has no item 'no-such-item'"),
+                          (["get", "--kind", "user", "--ids", "x,y"], "has none of these user ids"),
+                          (["versions", "--collection", "Bad;Name"], "collection name"),
+                          (["similar", "--item", "1", "--version", "no-such"], "no version 'no-such'")):
+        bad = _recfm("embeddings", *args, *store)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    missing = _recfm("embeddings", "versions", "--store", str(run.parent / "no-store"))
+    assert missing.returncode == 2 and "no embedding store" in missing.stderr

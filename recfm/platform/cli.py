@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from recfm.platform.config import ConfigError, RecfmConfig, load_config, to_yaml
+from recfm.platform.config import ConfigError, RecfmConfig, StoreConfig, load_config, to_yaml
 from recfm.platform.data.errors import DataError
 
 EXIT_USAGE = 2
@@ -107,6 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", default="student", choices=["student", "teacher"])
     exp.add_argument("--out", help="export directory (default: RUN/export/<model>)")
     exp.set_defaults(run=_export)
+
+    push = commands.add_parser("push-embeddings", help="push a run's user and item vectors to the embedding store")
+    push.add_argument("run_dir", nargs="?", help="a training run (default: the newest under runs/)")
+    push.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. store.chunk_rows=1024")
+    push.add_argument("--store", help=f"store URI: a directory or postgresql://… (default: store.uri, "
+                                      f"{StoreConfig.uri})")
+    push.add_argument("--collection", help=f"collection in the store (default: store.collection, "
+                                           f"{StoreConfig.collection})")
+    push.add_argument("--model", choices=["teacher", "student"], help="whose vectors (default: store.model)")
+    push.add_argument("--version", help="version name (default: <run>-<model>; the same name resumes a push)")
+    push.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    push.set_defaults(run=_push)
+
+    emb = commands.add_parser("embeddings", help="read the embedding store (what other systems consume)")
+    emb_commands = emb.add_subparsers(metavar="ACTION")
+    get = emb_commands.add_parser("get", help="vectors by id")
+    get.add_argument("--kind", required=True, choices=["user", "item"])
+    get.add_argument("--ids", required=True, help="comma-separated ids")
+    sim = emb_commands.add_parser("similar", help="nearest items to an item (or to a user's vector)")
+    target = sim.add_mutually_exclusive_group(required=True)
+    target.add_argument("--item", help="item id: its nearest other items")
+    target.add_argument("--user", help="user id: the items nearest their vector (the model's ranking)")
+    sim.add_argument("-k", type=int, default=10, help="how many items")
+    ver = emb_commands.add_parser("versions", help="list the versions, the current one marked")
+    back = emb_commands.add_parser("rollback", help="make an earlier version current again")
+    back.add_argument("--to", help="version name (default: the one current before this one)")
+    for p, action in ((get, "get"), (sim, "similar"), (ver, "versions"), (back, "rollback")):
+        p.add_argument("--store", default=None, help=f"store URI (default: $RECFM_STORE or {StoreConfig.uri})")
+        p.add_argument("--collection", default=StoreConfig.collection)
+        if action in ("get", "similar"):
+            p.add_argument("--version", help="read this published version instead of the current one")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(run=_embeddings, action=action)
 
     rec = commands.add_parser("recommend", help="serve a request with a run's heads")
     rec_commands = rec.add_subparsers(metavar="TASK")
@@ -271,6 +305,90 @@ def _export(args: argparse.Namespace) -> None:
     run, cfg = _run_and_config(args)
     configure_process(cfg.threads)
     export_trained(run, args.model, Path(args.out) if args.out else None)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from recfm.platform.push import push_embeddings
+    from recfm.platform.runtime import configure_process
+
+    run, cfg = _run_and_config(args)
+    store = replace(cfg.store, **{k: v for k, v in (("uri", args.store), ("collection", args.collection),
+                                                    ("model", args.model)) if v})
+    store.validate()
+    configure_process(cfg.threads)
+    try:
+        push_embeddings(run, store, args.version, args.address, progress=not args.no_progress)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+def _embeddings(args: argparse.Namespace) -> None:
+    import json
+    import os
+
+    from recfm.serving_exports.store import open_store
+
+    uri = args.store or os.environ.get("RECFM_STORE") or StoreConfig.uri
+    if "://" not in uri and not Path(uri).exists():
+        raise FileNotFoundError(f"no embedding store at {uri}: run `make demo` or `recfm push-embeddings RUN` "
+                                f"first, or pass --store")
+    with open_store(uri, args.collection) as store:
+        if args.action == "versions":
+            current = store.current()
+            rows = [v.to_dict() | {"current": bool(current and v.number == current.number)} for v in store.versions()]
+            print(json.dumps(rows, indent=1) if args.json else _versions_text(rows))
+            return
+        if args.action == "rollback":
+            info = store.rollback(args.to)
+            print(json.dumps(info.to_dict()) if args.json else f"version {info.name!r} is current again")
+            return
+        snap = store.snapshot(args.version)
+        if args.action == "get":
+            rows = snap.get(args.kind, [i.strip() for i in args.ids.split(",") if i.strip()])
+            if rows.missing and not rows.ids:
+                raise ValueError(f"version {snap.info.name!r} has none of these {args.kind} ids: "
+                                 f"{', '.join(rows.missing[:10])}")
+            out = {"version": snap.info.name, "kind": args.kind, "dim": snap.info.dim, "missing": rows.missing,
+                   "vectors": {i: [round(float(x), 6) for x in v] for i, v in zip(rows.ids, rows.vectors, strict=True)}}
+            print(json.dumps(out) if args.json else "\n".join(
+                [f"{i}\t{' '.join(f'{x:.4f}' for x in v)}" for i, v in out["vectors"].items()] +
+                ([f"missing: {', '.join(rows.missing)}"] if rows.missing else [])))
+            return
+        if args.k < 1:
+            raise ValueError("-k must be at least 1")
+        if args.item is not None:
+            rows, source = snap.similar("item", args.item, args.k), f"item {args.item}"
+        else:
+            user = snap.get("user", [args.user])
+            if user.missing:
+                raise ValueError(f"version {snap.info.name!r} has no user {args.user!r}")
+            rows, source = snap.nearest("item", user.vectors[0], args.k), f"user {args.user}"
+        if args.json:
+            print(json.dumps({"version": snap.info.name, "source": source, "items": [
+                {"id": i, "title": t, "score": round(float(s), 6)}
+                for i, t, s in zip(rows.ids, rows.labels, rows.scores, strict=True)]}))
+        else:
+            label = snap.get("item", [args.item]).labels[0] if args.item is not None else None
+            print(f"nearest items to {source}{f' ({label})' if label else ''} in version {snap.info.name!r} "
+                  f"({snap.info.metric}):")
+            for n, (i, t, s) in enumerate(zip(rows.ids, rows.labels, rows.scores, strict=True), 1):
+                print(f"{n:3d}. {s:8.4f}  {t or i}  [{i}]")
+
+
+def _versions_text(rows: list[dict]) -> str:
+    if not rows:
+        return "no versions"
+    lines = []
+    for r in rows:
+        counts = ", ".join(f"{v['rows']:,} {k}s" for k, v in r["stats"].items()) or "-"
+        lines.append(f"{'*' if r['current'] else ' '} {r['name']}  {r['status']}  dim {r['dim']} {r['metric']}  "
+                     f"{counts}  model {r['meta'].get('model', '?')} of {r['meta'].get('run_id', '?')}  "
+                     f"created {r['created']}  promoted {r['promoted'] or '-'}")
+    return "\n".join(lines)
 
 
 def _recommend(args: argparse.Namespace) -> None:

@@ -176,6 +176,29 @@ class DistillConfig:
 
 
 @dataclass
+class StoreConfig:
+    """`recfm push-embeddings RUN`: the run's user and item vectors into the embedding store, as one version."""
+
+    push: bool = True  # `recfm demo` pushes its run's embeddings
+    uri: str = "runs/embedding-store"  # a directory (the embedded LanceDB store) or postgresql://user@host/db
+    collection: str = "recfm"  # a store holds collections; tables are named after it
+    model: str = "teacher"  # teacher (the run's final FM) | student (its distilled student)
+    keep: int = 3  # published versions kept (at least 2; the current one is never dropped)
+    chunk_rows: int = 4096  # rows per atomic write: a killed push loses at most one chunk's work
+    workers: int = 2  # Ray actors computing user vectors
+
+    def validate(self) -> None:
+        from recfm.serving_exports.store import COLLECTION_NAME
+
+        _one_of("store.model", self.model, ("teacher", "student"))
+        if not COLLECTION_NAME.fullmatch(self.collection):
+            raise ConfigError(f"store.collection {self.collection!r}: use 1-31 of a-z, 0-9 and _, starting with a "
+                              f"letter")
+        if self.keep < 2 or self.chunk_rows < 1 or self.workers < 1:
+            raise ConfigError("store: keep must be at least 2, chunk_rows and workers at least 1")
+
+
+@dataclass
 class RecfmConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/<name>-<time>
@@ -188,6 +211,7 @@ class RecfmConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> None:
         for f in fields(self):

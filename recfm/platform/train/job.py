@@ -31,6 +31,7 @@ from recfm.platform.data.prepare import SEQUENCES_DIR
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import PROTOCOL_VERSION, ModelResult, run_baselines, tune_and_test
 from recfm.platform.evaluation.report import write_results
+from recfm.platform.push import push_embeddings
 from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import load_weights, read_state
@@ -87,6 +88,8 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
         if cfg.distill.enabled:
             distill(run_dir, cfg, address, log)
             export_trained(run_dir, "student", log=log)
+        if cfg.store.push:
+            push_embeddings(run_dir, cfg.store, address=address, progress=False, log=log)
     finally:
         import ray
 

@@ -1,0 +1,110 @@
+"""`recfm push-embeddings RUN`: a run's user and item vectors into the embedding store, as one version.
+
+User vectors are computed in parallel by Ray actors (each loads the model once and encodes chunks of users);
+the driver writes each chunk as it arrives, with a progress bar. The version name defaults to the run and model
+(`<run>-<model>`), so re-running the same push resumes it, skipping the chunks already stored, or does nothing
+once it is published. Before promotion the store checks row counts, dimension, finiteness and norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from recfm.platform.config import StoreConfig
+from recfm.serving_exports.embeddings import RunEmbeddings
+from recfm.serving_exports.store import Chunk, VersionInfo, chunked, open_store
+
+
+class UserEncoder:
+    """A Ray actor: the run's model, loaded once, encoding chunks of users."""
+
+    def __init__(self, run_dir: str, model_kind: str, threads: int):
+        from recfm.platform.runtime import configure_process
+
+        configure_process(threads)
+        self.embeddings = RunEmbeddings.load(Path(run_dir), model_kind)
+
+    def encode(self, chunk: int, users: np.ndarray) -> tuple[int, np.ndarray]:
+        return chunk, self.embeddings.user_vectors(users)
+
+
+def push_embeddings(run_dir: Path, s: StoreConfig, version: str | None = None, address: str | None = None,
+                    progress: bool = True, log=print) -> VersionInfo:
+    """Pushes the run's embeddings to `s.uri` (collection `s.collection`) and returns the promoted version."""
+    emb = RunEmbeddings.load(run_dir, s.model)
+    name = version or f"{emb.run.directory.name}-{s.model}"
+    users, user_ids = emb.users()
+    item_ids, item_vectors, labels = emb.items()
+    rows = s.chunk_rows
+
+    def chunks(done: set) -> Iterator[Chunk]:
+        yield from chunked("item", item_ids, item_vectors, rows, labels, skip=done)
+        todo = [(c, users[a:a + rows]) for c, a in enumerate(range(0, len(users), rows)) if ("user", c) not in done]
+        for c, vectors in _encode_on_ray(run_dir, s, todo, address, progress):
+            yield Chunk("user", c, user_ids[c * rows:(c + 1) * rows], vectors)
+
+    with open_store(s.uri, s.collection) as store:
+        log(f"push: {emb.model_kind} of {emb.run.directory.name} -> {store.uri} ({s.collection}), version {name!r}: "
+            f"{len(item_ids):,} items and {len(users):,} users, dim {emb.dim}")
+        info = store.publish(name, chunk_source=chunks, dim=emb.dim, metric="dot", normalized=False,
+                             meta=emb.metadata(rows), expected={"user": len(users), "item": len(item_ids)},
+                             keep=s.keep, log=log)
+        log(f"push: version {info.name!r} is current in {store.uri} ({s.collection}); "
+            f"{len([v for v in store.versions() if v.status == 'published'])} published versions kept")
+        log(_example(store, emb))
+    return info
+
+
+def _example(store, emb: RunEmbeddings, k: int = 5) -> str:
+    """The most-watched item's nearest neighbours in the current version, read back from the store."""
+    counts = np.bincount(emb.run.sequences.events["item"], minlength=len(emb.run.catalog))
+    item = str(emb.run.catalog.item_ids[int(counts.argmax())])
+    snap = store.snapshot()
+    source = snap.get("item", [item])
+    rows = snap.similar("item", item, k)
+    lines = [f"nearest to {source.labels[0] or item} [{item}] in {snap.info.name!r} (`recfm embeddings similar "
+             f"--item {item}`):"]
+    lines += [f"  {n}. {score:7.3f}  {label or i}" for n, (i, label, score) in
+              enumerate(zip(rows.ids, rows.labels, rows.scores, strict=True), 1)]
+    return "\n".join(lines)
+
+
+def _encode_on_ray(run_dir: Path, s: StoreConfig, todo: list[tuple[int, np.ndarray]], address: str | None,
+                   progress: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """(chunk, vectors) for each (chunk, users) in `todo`, as the actors finish them."""
+    if not todo:
+        return
+    import ray
+    from tqdm import tqdm
+
+    from recfm.platform.config import TrainConfig
+    from recfm.platform.train.job import start_ray
+
+    start_ray(TrainConfig(workers=s.workers, cpus_per_worker=1), address)
+    actor = ray.remote(num_cpus=1)(UserEncoder)
+    actors = [actor.remote(str(Path(run_dir).resolve()), s.model, 1) for _ in range(min(s.workers, len(todo)))]
+    pending = {}
+    queue = list(todo)
+    for a in actors:  # two chunks in flight per actor keep it busy while the driver writes
+        for _ in range(2):
+            if queue:
+                c, users = queue.pop(0)
+                pending[a.encode.remote(c, users)] = a
+    bar = tqdm(total=len(todo), desc="user vectors", unit="chunk", disable=not progress)
+    try:
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            a = pending.pop(ready)
+            if queue:
+                c, users = queue.pop(0)
+                pending[a.encode.remote(c, users)] = a
+            bar.update()
+            yield ray.get(ready)
+    finally:
+        bar.close()
+        for a in actors:
+            ray.kill(a)
+
