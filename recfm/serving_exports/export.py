@@ -26,6 +26,7 @@ import torch
 from recfm.fm.batching import inference_batch, rows_from_arrays
 from recfm.platform.trained import TrainedRun
 from recfm.serving_exports.dense import DenseSequenceModel
+from recfm.serving_exports.embeddings import data_cutoff
 from recfm.serving_exports.serving import ServingModel, input_names, serving_inputs
 
 EXPORT_DIR = "export"
@@ -79,7 +80,7 @@ def export_run(run: TrainedRun, model: DenseSequenceModel, reference, kind: str,
         "max_events": model.cfg.max_len, "embedding_dim": model.cfg.dim, "items": int(item_table.shape[0]),
         "vocab_sizes": {f.name: f.size for f in model.tokenizer.facets},
         "tokenizer": {"gap_buckets": model.tokenizer.gap_buckets, "value_edges": model.tokenizer.value_edges},
-        "data_cutoff": _cutoff(seqs), "metrics": metrics,
+        "data_cutoff": data_cutoff(seqs), "metrics": metrics,
         "parity": {"requests": len(users), "max_abs_diff": parity, "tolerance": tolerance},
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -150,11 +151,6 @@ def _input_spec(name: str) -> dict:
     per_user = name in ("lengths", "prev_ts")
     return {"name": name, "dtype": "float32" if name == "value" else "int64",
             "shape": ["batch"] if per_user else ["batch", "events"]}
-
-
-def _cutoff(seqs) -> str | None:
-    cutoff = getattr(seqs.info, "test_cutoff", None)
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(cutoff))) if cutoff else None
 
 
 def export_trained(run_dir: Path, kind: str = "student", out: Path | None = None, log=print) -> dict:

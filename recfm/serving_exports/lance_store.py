@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -39,6 +40,8 @@ NPROBES, REFINE = 24, 8  # IVF-PQ search: partitions probed, and candidates re-r
 class LanceStore(EmbeddingStore):
     def __init__(self, path: str | Path, collection: str):
         os.environ.setdefault("LANCEDB_LOG", "error")  # its Rust side warns on stderr about routine events
+        # lancedb warns at every fork; the forks here (Ray starting its processes) exec at once, which is safe
+        warnings.filterwarnings("ignore", message="lancedb fork support")
         import lancedb
 
         self.root = Path(path).expanduser()
