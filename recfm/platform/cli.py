@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded defaults: on the bundled ml-latest-small "
                                            "(time split), train the foundation model, test it beside the "
                                            "baselines, train and test the task heads, then distil a "
-                                           "student and export it")
+                                           "student, export it and push its embeddings to the store")
     _config_args(demo)
     demo.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     demo.set_defaults(run=_demo)
