@@ -185,37 +185,46 @@ def test_the_demo_pushes_one_models_user_and_item_vectors(run):
         assert top.ids == [str(trained.catalog.item_ids[i]) for i in exact]
 
 
-def test_embeddings_cli_reads_resumes_and_rolls_back(run):
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`recfm ARGS` in this process (the same entry point as the command, without a new interpreter)."""
+    from recfm.platform.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_embeddings_cli_reads_resumes_and_rolls_back(run, capsys):
     store = ["--store", str(run.parent / "store")]
-    similar = _recfm("embeddings", "similar", "--item", "1", "-k", "5", "--json", *store)
-    assert similar.returncode == 0, similar.stderr
-    payload = json.loads(similar.stdout)
+    code, out, err = _cli(capsys, "embeddings", "similar", "--item", "1", "-k", "5", "--json", *store)
+    assert code == 0, err
+    payload = json.loads(out)
     assert payload["version"] == "run-teacher" and len(payload["items"]) == 5
     assert all(it["title"] for it in payload["items"]) and "1" not in [it["id"] for it in payload["items"]]
-    text = _recfm("embeddings", "similar", "--item", "1", *store)
-    assert "Toy Story (1995)" in text.stdout and text.stdout.count("\n") == 11
+    text = _recfm("embeddings", "similar", "--item", "1", *store)  # the installed command, once
+    assert text.returncode == 0 and "Toy Story (1995)" in text.stdout and text.stdout.count("\n") == 11
 
-    got = _recfm("embeddings", "get", "--kind", "user", "--ids", "1,nobody", "--json", *store)
-    assert got.returncode == 0 and json.loads(got.stdout)["missing"] == ["nobody"]
-    assert len(json.loads(got.stdout)["vectors"]["1"]) == 32
+    code, out, _ = _cli(capsys, "embeddings", "get", "--kind", "user", "--ids", "1,nobody", "--json", *store)
+    assert code == 0 and json.loads(out)["missing"] == ["nobody"] and len(json.loads(out)["vectors"]["1"]) == 32
 
-    again = _recfm("push-embeddings", str(run), *store)  # the same version again: nothing new
-    assert again.returncode == 0 and "already published" in again.stdout, again.stderr
-    student = _recfm("push-embeddings", str(run), "--model", "student", "--no-progress", *store)
-    assert student.returncode == 0, student.stderr
-    versions = json.loads(_recfm("embeddings", "versions", "--json", *store).stdout)
+    code, out, err = _cli(capsys, "push-embeddings", str(run), *store)  # the same version again: nothing new
+    assert code == 0 and "already published" in out, err
+    code, out, err = _cli(capsys, "push-embeddings", str(run), "--model", "student", "--no-progress", *store)
+    assert code == 0, err
+    versions = json.loads(_cli(capsys, "embeddings", "versions", "--json", *store)[1])
     assert [(v["name"], v["current"]) for v in versions] == [("run-teacher", False), ("run-student", True)]
     assert versions[1]["dim"] == 32 and versions[1]["meta"]["model"] == "student"
-    back = _recfm("embeddings", "rollback", *store)
-    assert back.returncode == 0 and "'run-teacher' is current again" in back.stdout
-    assert json.loads(_recfm("embeddings", "similar", "--item", "1", "--json", *store).stdout)["version"] == \
+    code, out, _ = _cli(capsys, "embeddings", "rollback", *store)
+    assert code == 0 and "'run-teacher' is current again" in out
+    assert json.loads(_cli(capsys, "embeddings", "similar", "--item", "1", "--json", *store)[1])["version"] == \
         "run-teacher"
 
     for args, message in ((["similar", "--item", "no-such-item"], "has no item 'no-such-item'"),
                           (["get", "--kind", "user", "--ids", "x,y"], "has none of these user ids"),
                           (["versions", "--collection", "Bad;Name"], "collection name"),
                           (["similar", "--item", "1", "--version", "no-such"], "no version 'no-such'")):
-        bad = _recfm("embeddings", *args, *store)
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
-    missing = _recfm("embeddings", "versions", "--store", str(run.parent / "no-store"))
-    assert missing.returncode == 2 and "no embedding store" in missing.stderr
+        code, _, err = _cli(capsys, "embeddings", *args, *store)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _cli(capsys, "embeddings", "versions", "--store", str(run.parent / "no-store"))
+    assert code == 2 and "no embedding store" in err

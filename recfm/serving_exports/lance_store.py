@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 from recfm.serving_exports.store import STAGING, EmbeddingStore, StoreError, VersionInfo, check_version_name, now
 
 INDEX_MIN_ROWS = 50_000  # below this an exact scan answers within a few ms
-NPROBES, REFINE = 24, 8  # IVF-PQ search: partitions probed, and candidates re-ranked exactly per result
+# IVF-PQ search: partitions probed, and candidates re-ranked exactly per result (recall@10 0.97 at 1M x 64)
+NPROBES, REFINE = 50, 30
 
 
 class LanceStore(EmbeddingStore):

@@ -21,7 +21,7 @@ import numpy as np
 
 from recfm.serving_exports.store import STAGING, EmbeddingStore, StoreError, VersionInfo, check_version_name, now
 
-EF_SEARCH = 100  # HNSW candidates per query (pgvector's default is 40): recall near 1 at a million rows
+EF_SEARCH = 200  # HNSW candidates per query (pgvector's default is 40; 100 gave recall@10 0.92 at 1M)
 OPS = {"dot": ("vector_ip_ops", "<#>"), "cosine": ("vector_cosine_ops", "<=>")}
 
 
