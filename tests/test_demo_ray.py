@@ -169,7 +169,8 @@ def test_the_demo_pushes_one_models_user_and_item_vectors(run):
     seqs = trained.sequences
     with open_store(str(run.parent / "store")) as store:
         snap = store.snapshot()
-        assert snap.info.name == "run-teacher" and snap.info.meta["model"] == "teacher"
+        assert snap.info.name == f"run-teacher-{snap.info.meta['weights_sha256'][:8]}"
+        assert snap.info.meta["model"] == "teacher"
         assert snap.info.meta["run_id"] == "run" and snap.info.meta["data_cutoff"].startswith("2017-06-21")
         assert snap.count("user") == int((seqs.n_fit > 0).sum()) and snap.count("item") == seqs.n_items
         # a consumer's dot product of the stored vectors is the FM's own next-item ranking at the cutoff
@@ -200,7 +201,8 @@ def test_embeddings_cli_reads_resumes_and_rolls_back(run, capsys):
     code, out, err = _cli(capsys, "embeddings", "similar", "--item", "1", "-k", "5", "--json", *store)
     assert code == 0, err
     payload = json.loads(out)
-    assert payload["version"] == "run-teacher" and len(payload["items"]) == 5
+    teacher = payload["version"]
+    assert teacher.startswith("run-teacher-") and len(payload["items"]) == 5
     assert all(it["title"] for it in payload["items"]) and "1" not in [it["id"] for it in payload["items"]]
     text = _recfm("embeddings", "similar", "--item", "1", *store)  # the installed command, once
     assert text.returncode == 0 and "Toy Story (1995)" in text.stdout and text.stdout.count("\n") == 11
@@ -213,12 +215,11 @@ def test_embeddings_cli_reads_resumes_and_rolls_back(run, capsys):
     code, out, err = _cli(capsys, "push-embeddings", str(run), "--model", "student", "--no-progress", *store)
     assert code == 0, err
     versions = json.loads(_cli(capsys, "embeddings", "versions", "--json", *store)[1])
-    assert [(v["name"], v["current"]) for v in versions] == [("run-teacher", False), ("run-student", True)]
+    assert [(v["name"][:11], v["current"]) for v in versions] == [("run-teacher", False), ("run-student", True)]
     assert versions[1]["dim"] == 32 and versions[1]["meta"]["model"] == "student"
     code, out, _ = _cli(capsys, "embeddings", "rollback", *store)
-    assert code == 0 and "'run-teacher' is current again" in out
-    assert json.loads(_cli(capsys, "embeddings", "similar", "--item", "1", "--json", *store)[1])["version"] == \
-        "run-teacher"
+    assert code == 0 and f"'{teacher}' is current again" in out
+    assert json.loads(_cli(capsys, "embeddings", "similar", "--item", "1", "--json", *store)[1])["version"] == teacher
 
     for args, message in ((["similar", "--item", "no-such-item"], "has no item 'no-such-item'"),
                           (["get", "--kind", "user", "--ids", "x,y"], "has none of these user ids"),

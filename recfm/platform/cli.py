@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--collection", help=f"collection in the store (default: store.collection, "
                                            f"{StoreConfig.collection})")
     push.add_argument("--model", choices=["teacher", "student"], help="whose vectors (default: store.model)")
-    push.add_argument("--version", help="version name (default: <run>-<model>; the same name resumes a push)")
+    push.add_argument("--version", help="version name (default: <run>-<model>-<weights hash>; the same name "
+                                        "resumes a push)")
     push.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
     push.set_defaults(run=_push)

@@ -1,9 +1,10 @@
 """`recfm push-embeddings RUN`: a run's user and item vectors into the embedding store, as one version.
 
 User vectors are computed in parallel by Ray actors (each loads the model once and encodes chunks of users);
-the driver writes each chunk as it arrives, with a progress bar. The version name defaults to the run and model
-(`<run>-<model>`), so re-running the same push resumes it, skipping the chunks already stored, or does nothing
-once it is published. Before promotion the store checks row counts, dimension, finiteness and norms.
+the driver writes each chunk as it arrives, with a progress bar. The version name defaults to the run, the
+model and its weights (`<run>-<model>-<weights hash>`), so re-running the same push resumes it, skipping the
+chunks already stored, or does nothing once it is published. Before promotion the store checks row counts,
+dimension, finiteness and norms.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def push_embeddings(run_dir: Path, s: StoreConfig, version: str | None = None, a
                     progress: bool = True, log=print) -> VersionInfo:
     """Pushes the run's embeddings to `s.uri` (collection `s.collection`) and returns the promoted version."""
     emb = RunEmbeddings.load(run_dir, s.model)
-    name = version or f"{emb.run.directory.name}-{s.model}"
+    # The weights' hash in the name: retraining into the same run directory makes a new version, not a clash.
+    name = version or f"{emb.run.directory.name}-{s.model}-{emb.fingerprint[:8]}"
     users, user_ids = emb.users()
     item_ids, item_vectors, labels = emb.items()
     rows = s.chunk_rows
