@@ -80,6 +80,7 @@ def _encode_on_ray(run_dir: Path, s: StoreConfig, todo: list[tuple[int, np.ndarr
     if not todo:
         return
     import ray
+    from ray.util import ActorPool
     from tqdm import tqdm
 
     from recfm.platform.config import TrainConfig
@@ -88,23 +89,11 @@ def _encode_on_ray(run_dir: Path, s: StoreConfig, todo: list[tuple[int, np.ndarr
     start_ray(TrainConfig(workers=s.workers, cpus_per_worker=1), address)
     actor = ray.remote(num_cpus=1)(UserEncoder)
     actors = [actor.remote(str(Path(run_dir).resolve()), s.model, 1) for _ in range(min(s.workers, len(todo)))]
-    pending = {}
-    queue = list(todo)
-    for a in actors:  # two chunks in flight per actor keep it busy while the driver writes
-        for _ in range(2):
-            if queue:
-                c, users = queue.pop(0)
-                pending[a.encode.remote(c, users)] = a
     bar = tqdm(total=len(todo), desc="user vectors", unit="chunk", disable=not progress)
     try:
-        while pending:
-            [ready], _ = ray.wait(list(pending), num_returns=1)
-            a = pending.pop(ready)
-            if queue:
-                c, users = queue.pop(0)
-                pending[a.encode.remote(c, users)] = a
+        for result in ActorPool(actors).map_unordered(lambda a, job: a.encode.remote(*job), todo):
             bar.update()
-            yield ray.get(ready)
+            yield result
     finally:
         bar.close()
         for a in actors:

@@ -116,11 +116,14 @@ class TrainedRun:
         ids = pq.read_table(self.prepared / "users.parquet").column("user_id").to_pylist()
         return {str(u): n for n, u in enumerate(ids)}
 
-    def foundation_model(self, checkpoint: str = FINAL_LINK) -> UserFoundationModel:
-        """A checkpoint (the final one by default) gathered into one unsharded model, in eval mode."""
-        path = self.directory / checkpoint
+    def checkpoint(self, name: str = FINAL_LINK) -> Path:
+        path = self.directory / name
         if not path.exists():  # runs from before the refit step have only the best checkpoint
             path = self.directory / BEST_LINK
+        return path
+
+    def foundation_model(self, checkpoint: str = FINAL_LINK) -> UserFoundationModel:
+        """A checkpoint (the final one by default) gathered into one unsharded model, in eval mode."""
         model = build_model(self.spec)
-        load_weights(path, TrainingObjective(model, self.cfg.objective))
+        load_weights(self.checkpoint(checkpoint), TrainingObjective(model, self.cfg.objective))
         return model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from recfm.fm.batching import inference_batch, rows_from_arrays
 from recfm.platform.data.dataset import Sequences
-from recfm.platform.trained import BEST_LINK, FINAL_LINK, TrainedRun
+from recfm.platform.trained import FINAL_LINK, TrainedRun
 from recfm.serving_exports.dense import DenseSequenceModel
 
 MODELS = ("teacher", "student")
@@ -29,7 +30,7 @@ class RunEmbeddings:
     run: TrainedRun
     model_kind: str
     model: DenseSequenceModel
-    fingerprint: str  # sha256 of the weights the vectors come from
+    weights: Path  # the checkpoint the model was loaded from
 
     @classmethod
     def load(cls, run_dir: Path, model_kind: str = "teacher") -> RunEmbeddings:
@@ -37,15 +38,18 @@ class RunEmbeddings:
 
         run = TrainedRun.open(run_dir)
         if model_kind == "teacher":
-            checkpoint = run.directory / FINAL_LINK
-            if not checkpoint.exists():
-                checkpoint = run.directory / BEST_LINK
+            checkpoint = run.checkpoint(FINAL_LINK)
             model = DenseSequenceModel.from_foundation(run.foundation_model())
         elif model_kind == "student":
             model, checkpoint = load_student(run.directory), run.directory / DISTILL_DIR / STUDENT_FILE
         else:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model_kind!r}")
-        return cls(run, model_kind, model.eval(), _sha256(checkpoint))
+        return cls(run, model_kind, model.eval(), checkpoint)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the weights the vectors come from (read once, and only by whoever needs it)."""
+        return _sha256(self.weights)
 
     @property
     def dim(self) -> int:
@@ -87,7 +91,7 @@ def data_cutoff(seqs: Sequences) -> str | None:
     """When the data the served model saw ends: the test cutoff, or else the last event before it."""
     cutoff = getattr(seqs.info, "test_cutoff", None)
     if not cutoff and "ts" in seqs.events:
-        known = seqs.event_position < seqs.n_fit[seqs.event_user]
+        known = seqs.known_mask("test")
         cutoff = float(seqs.events["ts"][known].max()) if known.any() else None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(cutoff))) if cutoff else None
 

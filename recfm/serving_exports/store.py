@@ -167,8 +167,8 @@ class EmbeddingStore(ABC):
                 log(f"store: resuming version {name!r}: {len(done)} chunks are already written")
             source = chunk_source(done) if chunk_source is not None else chunks
             for chunk in source:
-                if (chunk.kind, chunk.chunk) not in done:
-                    self.write(name, chunk)
+                if (chunk.kind, chunk.chunk) not in done:  # `done` was read under the lock: no re-check per chunk
+                    self._write(info, chunk)
             info = self.promote(name, expected, norm_bounds)
             self.prune(keep)
             return info
@@ -197,12 +197,16 @@ class EmbeddingStore(ABC):
         info = self._require(name)
         if info.status != STAGING:
             raise StoreError(f"version {name!r} is {info.status}: only a staging version can be written")
-        vectors = check_chunk(info, chunk)
+        check_chunk(info, chunk)
         if chunk.chunk in self.written(name, chunk.kind):
             return False
+        self._write(info, chunk)
+        return True
+
+    def _write(self, info: VersionInfo, chunk: Chunk) -> None:
+        vectors = check_chunk(info, chunk)
         labels = chunk.labels if chunk.labels is not None else [None] * len(vectors)
         self._append(info, chunk.kind, int(chunk.chunk), [str(i) for i in chunk.ids], vectors, list(labels))
-        return True
 
     def written(self, name: str, kind: str) -> set[int]:
         """The chunk numbers of `kind` that version `name` holds."""
