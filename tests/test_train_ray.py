@@ -1,16 +1,23 @@
-"""The Ray Train job for real: 2 workers on a local Ray, sharded tables, checkpoints, resume, 1-process test."""
+"""The Ray Train job for real: 2 workers on a local Ray, sharded tables, checkpoints, a worker killed mid-run,
+resume, and the 1-process test."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from recfm.platform.config import load_config
 from recfm.platform.train.job import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +29,105 @@ def synthetic(tmp_path_factory) -> Path:
     return root
 
 
+def _overrides(root: Path, run: Path, *extra: str) -> list[str]:
+    return [f"data.source={root / 'syn'}", f"data.cache_dir={root / 'cache'}", f"run_dir={run}",
+            f"train.epochs={EPOCHS}", "eval.baselines=[MostPop]", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic: Path) -> Path:
+    """An uninterrupted run: the figures a run that loses a worker must reach too."""
+    run = synthetic / "reference"
+    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run)), log=lambda _: None)
+    return run
+
+
 def _epochs(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_stop_resume_and_test_in_one_process(synthetic: Path):
-    run = synthetic / "run"
-    overrides = [f"data.source={synthetic / 'syn'}", f"data.cache_dir={synthetic / 'cache'}", f"run_dir={run}",
-                 "train.epochs=2", "eval.baselines=[MostPop]"]
-    train(load_config(CONFIGS / "smoke.yaml", overrides), log=lambda _: None)
-
-    first = _epochs(run)
-    assert [e["epoch"] for e in first] == [1, 2]
-    assert first[1]["train/loss"] < first[0]["train/loss"] - 0.1  # it learns
-    steps_per_epoch = first[0]["step"]
-    checkpoint = run / "ray" / "train" / "epoch_0002"
+def test_train_checkpoints_and_test_in_one_process(reference: Path):
+    lines = _epochs(reference)
+    assert [e["epoch"] for e in lines] == list(range(1, EPOCHS + 1))
+    assert lines[1]["train/loss"] < lines[0]["train/loss"] - 0.1  # it learns
+    assert all(0 < e["worker/peak_rss_mb"] < 4096 for e in lines)
+    checkpoint = reference / "ray" / "train" / f"epoch_{EPOCHS:04d}"
     # both workers' shards were merged into one checkpoint directory
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.json"} <= {p.name for p in checkpoint.iterdir()}
-
-    # resume the same run for one more epoch: it continues from the checkpoint, not from scratch
-    train(load_config(run / "config.yaml", ["train.epochs=3"]), resume=run, log=lambda _: None)
-    resumed = _epochs(run)
-    assert [e["epoch"] for e in resumed] == [1, 2, 3]
-    assert resumed[2]["step"] == 3 * steps_per_epoch  # the step count an uninterrupted 3-epoch run reaches
-
     # the checkpoint written by 2 workers was loaded into this single process and tested beside MostPop
-    models = {m["name"]: m for m in json.loads((run / "results.json").read_text())["models"]}
+    models = {m["name"]: m for m in json.loads((reference / "results.json").read_text())["models"]}
     assert models["recfm-FM"]["metrics"]["NDCG@10"] > 2 * models["MostPop"]["metrics"]["NDCG@10"]
-    assert (run / "tb").is_dir() and any((run / "tb").iterdir())
+    assert (reference / "tb").is_dir() and any((reference / "tb").iterdir())
+
+
+def _training_workers() -> list[psutil.Process]:
+    """This process's Ray Train workers (Ray names their processes after the actor class)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _registered_checkpoint(storage: Path) -> int:
+    """The epoch of the latest checkpoint Ray Train has registered for the run (0 = none yet)."""
+    try:
+        latest = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(latest["metrics"]["epoch"]) if latest else 0
+
+
+def _kill_a_worker_after_a_checkpoint(storage: Path, killed: list, timeout: float = 600.0) -> None:
+    """Once Ray Train has registered a checkpoint, SIGKILLs one training worker; records (pid, that epoch)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not killed:
+        epoch = _registered_checkpoint(storage)
+        workers = _training_workers() if epoch else []
+        if workers:
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            killed.append((workers[-1].pid, epoch))
+            return
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(synthetic: Path, reference: Path):
+    run = synthetic / "killed"
+    killed: list[tuple[int, int]] = []
+    killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint, args=(run / "ray" / "train", killed),
+                              daemon=True)
+    killer.start()
+    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.max_failures=1")),
+          log=lambda _: None)
+    killer.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+    pid, checkpoint_epoch = killed[0]
+    assert checkpoint_epoch < EPOCHS, "the worker was killed after the last epoch: nothing left to continue"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    lines, expected = _epochs(run), _epochs(reference)
+    steps_per_epoch = expected[0]["step"]
+    # every epoch once (the failed attempt's later lines were dropped), and the restart continued the step
+    # counter from the checkpoint instead of starting again at 0
+    assert [e["epoch"] for e in lines] == list(range(1, EPOCHS + 1))
+    assert [e["step"] for e in lines] == [e * steps_per_epoch for e in range(1, EPOCHS + 1)]
+    resumed = [e["resumed_from"] for e in lines if "resumed_from" in e]
+    assert len(resumed) == 1 and resumed[0] >= checkpoint_epoch
+    # the same figures as the uninterrupted run, up to the sampling and data order a restart re-draws
+    assert lines[-1]["val_ndcg10"] == pytest.approx(expected[-1]["val_ndcg10"], rel=0.05)
+    assert (run / "results.json").exists()
+
+
+def test_resume_continues_a_finished_run(reference: Path):
+    """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch."""
+    before = _epochs(reference)
+    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}"]), resume=reference,
+          log=lambda _: None)
+    after = _epochs(reference)
+    assert [e["epoch"] for e in after] == list(range(1, EPOCHS + 2))
+    # the step count an uninterrupted run of one more epoch reaches
+    assert after[-1]["step"] == (EPOCHS + 1) * before[0]["step"]
+    assert after[-1]["resumed_from"] == EPOCHS

@@ -94,7 +94,7 @@ class TrainConfig:
     # `make demo` within 10 minutes on 2 cores)
     refit_epochs: int = 3  # time split: before testing, continue the best checkpoint on every event before the
     # test cutoff for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
-    max_failures: int = 0  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
+    max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
     seed: int = 0
 
     def validate(self) -> None:

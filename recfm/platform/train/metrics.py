@@ -20,16 +20,29 @@ class MetricsLogger:
         self.path = Path(run_dir) / file_name
         self.writer = SummaryWriter(str(Path(run_dir) / TB_DIR)) if enabled else None
 
-    def log(self, step: int, values: dict[str, float], epoch: int | None = None, stopped: str = "") -> None:
-        """Scalars to TensorBoard; with `epoch`, a metrics.jsonl line too (with why training stopped, if it did)."""
+    def log(self, step: int, values: dict[str, float], epoch: int | None = None, stopped: str = "",
+            resumed_from: int | None = None) -> None:
+        """Scalars to TensorBoard; with `epoch`, a metrics.jsonl line too (with why training stopped, if it did,
+        and the checkpoint's epoch on the first epoch after a restart from one)."""
         if not self.enabled:
             return
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
         if epoch is not None:
             line = {"epoch": epoch, "step": step, **values} | ({"stopped": stopped} if stopped else {})
+            line |= {"resumed_from": resumed_from} if resumed_from is not None else {}
             with open(self.path, "a") as f:
                 f.write(json.dumps(line) + "\n")
+
+    def forget_after(self, epoch: int) -> None:
+        """Drops metrics.jsonl lines past `epoch`: after a worker failure the run restarts from the checkpoint
+        of `epoch`, and the epochs the failed attempt logged after it are trained again."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+        if len(kept) < len(lines):
+            self.path.write_text("".join(kept))
 
     def hparams(self, params: dict, metrics: dict[str, float]) -> None:
         if self.enabled:

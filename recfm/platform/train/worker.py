@@ -7,6 +7,7 @@ checkpoint and report it. Every worker reports exactly once per epoch and takes 
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from dataclasses import asdict
@@ -46,17 +47,21 @@ def train_worker(config: dict) -> None:
                      device)
     state = TrainState()
     refit = config.get("refit_from") is not None  # continue the best model on every event before the test cutoff
+    logger = MetricsLogger(Path(config["run_dir"]), enabled=rank == 0,
+                           file_name=REFIT_METRICS_FILE if refit else METRICS_FILE)
+    # Ray Train hands back the latest reported checkpoint when it restarts the workers after a failure
+    # (`train.max_failures`) or when `recfm train --resume` continues a run
     checkpoint = ray.train.get_checkpoint()
+    resumed_from = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory), training)
         state.stopped = ""  # re-decided under this run's settings (a resume may allow more epochs)
+        resumed_from = state.epoch
     elif refit:
         state = load_checkpoint(Path(config["refit_from"]), training)
         state.epoch, state.elapsed_s, state.stopped = 0, 0.0, ""
-
-    logger = MetricsLogger(Path(config["run_dir"]), enabled=rank == 0,
-                           file_name=REFIT_METRICS_FILE if refit else METRICS_FILE)
+    logger.forget_after(state.epoch)  # what an attempt that failed logged past the checkpoint (or from scratch)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = None if refit else ray.train.get_dataset_shard("val")
     tokenizer, mcfg, t = model.tokenizer, cfg.model, cfg.train
@@ -72,6 +77,8 @@ def train_worker(config: dict) -> None:
         seconds = _all_max(time.perf_counter() - started)
         metrics["train/events_per_s"] = metrics.pop("events") * world / seconds
         metrics["train/lr"] = _lr(state.step, t)
+        # the largest worker's peak resident memory so far (streamed data must keep it bounded)
+        metrics["worker/peak_rss_mb"] = _all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         state.epoch = epoch
         validating = not refit and (epoch % t.val_every == 0 or epoch == epochs)
         if validating:
@@ -84,7 +91,8 @@ def train_worker(config: dict) -> None:
             state.stopped = f"time budget of {t.max_minutes:g} minutes reached"
         if epoch == epochs and not state.stopped:
             state.stopped = f"all {epochs} {'refit ' if refit else ''}epochs done"
-        logger.log(state.step, metrics, epoch, stopped=state.stopped)
+        logger.log(state.step, metrics, epoch, stopped=state.stopped, resumed_from=resumed_from)
+        resumed_from = None
         report = {k.replace("/", "_"): v for k, v in metrics.items()} | {"epoch": epoch, "step": state.step}
         report |= {"best_epoch": state.best_epoch, "best_val_ndcg10": state.best_metric}
         if validating or (refit and state.stopped):  # a checkpoint carries the figure Ray ranks checkpoints by
