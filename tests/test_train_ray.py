@@ -95,12 +95,14 @@ def _kill_a_worker_after_a_checkpoint(storage: Path, killed: list, timeout: floa
 
 
 def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(synthetic: Path, reference: Path):
+    """Streaming its data from the Parquet shards (`train.stream_data`), as a cluster job on big data would."""
     run = synthetic / "killed"
     killed: list[tuple[int, int]] = []
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint, args=(run / "ray" / "train", killed),
                               daemon=True)
     killer.start()
-    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.max_failures=1")),
+    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.max_failures=1",
+                                                                     "train.stream_data=true")),
           log=lambda _: None)
     killer.join(timeout=5)
     assert killed, "no training worker was found to kill"
@@ -131,3 +133,36 @@ def test_resume_continues_a_finished_run(reference: Path):
     # the step count an uninterrupted run of one more epoch reaches
     assert after[-1]["step"] == (EPOCHS + 1) * before[0]["step"]
     assert after[-1]["resumed_from"] == EPOCHS
+
+
+def test_streamed_windows_are_the_in_memory_windows(synthetic: Path, reference: Path):
+    """`train.stream_data` reads the shards through Ray Data: the same training rows as the in-memory table,
+    for the training and the refit prefixes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from recfm.platform.data.pipeline import ensure_prepared
+    from recfm.platform.data.prepare import SEQUENCES_DIR
+    from recfm.platform.train.data import streamed_training_windows, training_windows
+
+    cfg = load_config(reference / "config.yaml")
+    prepared = ensure_prepared(cfg.data, lambda _: None)
+    table = pq.read_table(prepared / SEQUENCES_DIR)
+
+    def rows(t) -> list[tuple]:
+        return sorted((u, n, tuple(items)) for u, n, items in zip(t["user"].to_pylist(), t["n_train"].to_pylist(),
+                                                                 t["item"].to_pylist(), strict=True))
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for refit in (False, True):
+            source = table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"]) \
+                if refit else table
+            expected = rows(training_windows(source, cfg.model.max_len))
+            streamed = streamed_training_windows(prepared, cfg.model.max_len, refit=refit).to_arrow_refs()
+            got = rows(pa.concat_tables(ray.get(streamed)))
+            assert len(expected) > 1000 and got == expected
+    finally:
+        ray.shutdown()
+

@@ -1,5 +1,10 @@
 """Training input through Ray Data: Parquet sequences -> per-worker shards -> model batches.
 
+Two sources, the same rows: `training_windows` over one in-memory table (small data: the driver reads it and
+hands it to Ray's object store), or `streamed_training_windows` (`train.stream_data`), which reads the sequence
+shards block by block in Ray Data tasks and cuts windows as they stream past, every epoch, so neither the
+driver nor a worker ever holds the whole dataset.
+
 Each worker iterates its shard with `iter_torch_batches`; the collate functions below turn Ray's numpy
 batches (list columns arrive as object arrays of per-user arrays) into `SequenceBatch`es, whose flat ids and
 lengths become the KeyedJaggedTensor inside the model. Ray splits datasets into equal shards, and training
@@ -55,6 +60,33 @@ def training_windows(table: pa.Table, max_len: int, seed: int = 0) -> pa.Table:
     columns["n_train"] = pa.array(size.astype(np.int32))
     windows = pa.table(columns)
     return windows.take(pa.array(np.random.default_rng(seed).permutation(windows.num_rows)))
+
+
+def streamed_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False):
+    """A Ray Dataset of `training_windows` rows read lazily from the sequence shards (`refit`: each user's
+    events before the test cutoff instead of the validation cutoff). Shuffling is block order plus the
+    workers' local shuffle buffers: a global shuffle would materialise the dataset."""
+    import ray.data
+
+    files = sorted(str(f) for f in (Path(prepared) / SEQUENCES_DIR).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{Path(prepared) / SEQUENCES_DIR} holds no sequence shards")
+    dataset = ray.data.read_parquet(files, shuffle="files")
+    return dataset.map_batches(_WindowCutter(max_len, seed, refit), batch_format="pyarrow",
+                               batch_size=4096).randomize_block_order(seed=seed)
+
+
+@dataclass
+class _WindowCutter:
+    max_len: int
+    seed: int
+    refit: bool
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if self.refit:
+            table = table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"])
+        first_user = int(table["user"][0].as_py()) if table.num_rows else 0
+        return training_windows(table, self.max_len, self.seed * 1_000_003 + first_user)
 
 
 class TrainingCollate(NumpyBatchCollateFn):

@@ -139,18 +139,22 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.data import training_windows, validation_table
+    from recfm.platform.train.data import streamed_training_windows, training_windows, validation_table
 
     t = cfg.train
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # The sequences go into Ray's object store from here: on a small machine, read tasks would wait for CPUs the
-    # training workers hold (and spawning them costs a minute); issue 8's streaming path reads shard files.
-    sequences = pq.read_table(prepared / SEQUENCES_DIR)
-    if refit_from is not None:  # train on each user's events before the test cutoff
-        sequences = sequences.set_column(sequences.schema.get_field_index("n_train"), "n_train",
-                                         sequences["n_fit"])
-    datasets = {"train": ray.data.from_arrow(training_windows(sequences, cfg.model.max_len, t.seed))}
+    if t.stream_data:  # larger than memory: Ray Data reads the shards every epoch
+        train_data = streamed_training_windows(prepared, cfg.model.max_len, t.seed, refit=refit_from is not None)
+    else:
+        # Small data goes into Ray's object store from here: on a small machine, read tasks would wait for CPUs
+        # the training workers hold (and spawning them costs a minute)
+        sequences = pq.read_table(prepared / SEQUENCES_DIR)
+        if refit_from is not None:  # train on each user's events before the test cutoff
+            sequences = sequences.set_column(sequences.schema.get_field_index("n_train"), "n_train",
+                                             sequences["n_fit"])
+        train_data = ray.data.from_arrow(training_windows(sequences, cfg.model.max_len, t.seed))
+    datasets = {"train": train_data}
     if refit_from is None:
         datasets["val"] = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
         checkpoints = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
