@@ -68,10 +68,12 @@ def streamed_training_windows(prepared: Path, max_len: int, seed: int = 0, refit
     workers' local shuffle buffers: a global shuffle would materialise the dataset."""
     import ray.data
 
-    files = sorted(str(f) for f in (Path(prepared) / SEQUENCES_DIR).glob("part-*.parquet"))
+    files = sorted((Path(prepared) / SEQUENCES_DIR).glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(f"{Path(prepared) / SEQUENCES_DIR} holds no sequence shards")
-    dataset = ray.data.read_parquet(files, shuffle="files")
+    # local://: read on the driver's node, where the data were prepared (other nodes of a cluster need not see
+    # the files); the blocks reach workers on any node through the object store
+    dataset = ray.data.read_parquet([f"local://{f.resolve()}" for f in files], shuffle="files")
     return dataset.map_batches(_WindowCutter(max_len, seed, refit), batch_format="pyarrow",
                                batch_size=4096).randomize_block_order(seed=seed)
 

@@ -51,7 +51,7 @@ def unpack(config: dict) -> tuple[RecfmConfig, dict, int, int]:
     import ray
     import ray.train
 
-    configure_process(threads=1)
+    configure_process(threads=1, steady_heap=True)
     payload = config["payload"]
     if isinstance(payload, ray.ObjectRef):
         payload = ray.get(payload)

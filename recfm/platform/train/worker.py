@@ -33,7 +33,7 @@ SELECTION = "val_ndcg10"
 
 def train_worker(config: dict) -> None:
     """Ray Train's `train_loop_per_worker`: `config` holds the resolved config, model spec and paths."""
-    configure_process(threads=1)
+    configure_process(threads=1, steady_heap=True)
     cfg: RecfmConfig = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
