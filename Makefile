@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/recfm demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 lint: install
 	$(VENV)/bin/ruff check recfm tests bench
