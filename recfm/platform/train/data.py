@@ -1,7 +1,7 @@
 """Training input through Ray Data: Parquet sequences -> per-worker shards -> model batches.
 
-Two sources, the same rows: `training_windows` over one in-memory table (small data: the driver reads it and
-hands it to Ray's object store), or `streamed_training_windows` (`train.stream_data`), which reads the sequence
+Two sources, the same rows: `in_memory_training_windows` (small data: the driver reads one table and hands
+its windows to Ray's object store), or `streamed_training_windows` (`train.stream_data`), which reads the sequence
 shards block by block in Ray Data tasks and cuts windows as they stream past, every epoch, so neither the
 driver nor a worker ever holds the whole dataset.
 
@@ -62,10 +62,19 @@ def training_windows(table: pa.Table, max_len: int, seed: int = 0) -> pa.Table:
     return windows.take(pa.array(np.random.default_rng(seed).permutation(windows.num_rows)))
 
 
+def in_memory_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False):
+    """A Ray Dataset of `training_windows` over the whole sequence table, read here and put into Ray's object
+    store: on a small machine, read tasks would wait for CPUs the training workers hold (and spawning them costs
+    a minute). `refit`: each user's events before the test cutoff instead of the validation cutoff."""
+    import ray.data
+
+    table = _training_prefix(pq.read_table(Path(prepared) / SEQUENCES_DIR), refit)
+    return ray.data.from_arrow(training_windows(table, max_len, seed))
+
+
 def streamed_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False):
-    """A Ray Dataset of `training_windows` rows read lazily from the sequence shards (`refit`: each user's
-    events before the test cutoff instead of the validation cutoff). Shuffling is block order plus the
-    workers' local shuffle buffers: a global shuffle would materialise the dataset."""
+    """The same rows, read lazily from the sequence shards by Ray Data tasks every epoch. Shuffling is block
+    order plus the workers' local shuffle buffers: a global shuffle would materialise the dataset."""
     import ray.data
 
     files = sorted((Path(prepared) / SEQUENCES_DIR).glob("part-*.parquet"))
@@ -78,6 +87,11 @@ def streamed_training_windows(prepared: Path, max_len: int, seed: int = 0, refit
                                batch_size=4096).randomize_block_order(seed=seed)
 
 
+def _training_prefix(table: pa.Table, refit: bool) -> pa.Table:
+    """With `refit`, each user's training prefix becomes the events before the test cutoff (`n_fit`)."""
+    return table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"]) if refit else table
+
+
 @dataclass
 class _WindowCutter:
     max_len: int
@@ -85,10 +99,9 @@ class _WindowCutter:
     refit: bool
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if self.refit:
-            table = table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"])
         first_user = int(table["user"][0].as_py()) if table.num_rows else 0
-        return training_windows(table, self.max_len, self.seed * 1_000_003 + first_user)
+        return training_windows(_training_prefix(table, self.refit), self.max_len,
+                                self.seed * 1_000_003 + first_user)
 
 
 class TrainingCollate(NumpyBatchCollateFn):

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from recfm.fm.model import build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
@@ -27,7 +26,6 @@ from recfm.fm.tokens import EventTokenizer
 from recfm.platform.config import RecfmConfig, TrainConfig
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
-from recfm.platform.data.prepare import SEQUENCES_DIR
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import PROTOCOL_VERSION, ModelResult, run_baselines, tune_and_test
 from recfm.platform.evaluation.report import write_results
@@ -139,22 +137,13 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.data import streamed_training_windows, training_windows, validation_table
+    from recfm.platform.train.data import in_memory_training_windows, streamed_training_windows, validation_table
 
     t = cfg.train
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    if t.stream_data:  # larger than memory: Ray Data reads the shards every epoch
-        train_data = streamed_training_windows(prepared, cfg.model.max_len, t.seed, refit=refit_from is not None)
-    else:
-        # Small data goes into Ray's object store from here: on a small machine, read tasks would wait for CPUs
-        # the training workers hold (and spawning them costs a minute)
-        sequences = pq.read_table(prepared / SEQUENCES_DIR)
-        if refit_from is not None:  # train on each user's events before the test cutoff
-            sequences = sequences.set_column(sequences.schema.get_field_index("n_train"), "n_train",
-                                             sequences["n_fit"])
-        train_data = ray.data.from_arrow(training_windows(sequences, cfg.model.max_len, t.seed))
-    datasets = {"train": train_data}
+    windows = streamed_training_windows if t.stream_data else in_memory_training_windows
+    datasets = {"train": windows(prepared, cfg.model.max_len, t.seed, refit=refit_from is not None)}
     if refit_from is None:
         datasets["val"] = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
         checkpoints = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
