@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="a prepared directory to use instead of the config's data section")
     ev.set_defaults(run=_eval)
 
+    content = commands.add_parser("content", help="item content: text vectors from the offline encoder")
+    content_commands = content.add_subparsers(metavar="STEP")
+    embed = content_commands.add_parser("embed", help="encode the catalog's item text (title, year, genres, tags) "
+                                        "and store the vectors with the prepared data; cached by text hash")
+    _config_args(embed)
+    embed.add_argument("--data", help="a prepared directory to use instead of the config's data section")
+    embed.set_defaults(run=_content_embed)
+
     tr = commands.add_parser("train", help="train the foundation model on Ray and test it beside the baselines")
     _config_args(tr)
     tr.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
@@ -120,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "resumes a push)")
     push.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    push.add_argument("--new-items", metavar="MOVIES_CSV", help="also push titles added after training (movieId, "
+                      "title, genres) from their text alone: needs a run trained with model.content=true")
     push.set_defaults(run=_push)
 
     emb = commands.add_parser("embeddings", help="read the embedding store (what other systems consume)")
@@ -237,6 +247,15 @@ def _eval(args: argparse.Namespace) -> None:
     evaluate_baselines(cfg, Path(args.data) if args.data else None)
 
 
+def _content_embed(args: argparse.Namespace) -> None:
+    from recfm.platform.data.content import embed_catalog
+    from recfm.platform.data.pipeline import ensure_prepared
+
+    cfg = _config(args)
+    prepared = Path(args.data) if args.data else ensure_prepared(cfg.data)
+    embed_catalog(prepared, Path(cfg.content.cache_dir), cfg.content.batch_size, progress=sys.stderr.isatty())
+
+
 def _train(args: argparse.Namespace) -> None:
     from recfm.platform.rundir import CONFIG_FILE, latest_run
     from recfm.platform.train.job import train
@@ -320,7 +339,9 @@ def _push(args: argparse.Namespace) -> None:
     store.validate()
     configure_process(cfg.threads)
     try:
-        push_embeddings(run, store, args.version, args.address, progress=not args.no_progress)
+        push_embeddings(run, store, args.version, args.address, progress=not args.no_progress,
+                        new_items=Path(args.new_items) if args.new_items else None,
+                        content_cache=Path(cfg.content.cache_dir))
     finally:
         import ray
 

@@ -35,6 +35,8 @@ class DataConfig:
     val_cutoff: float | None = 0.7  # time split: a timestamp, or a quantile of event times in (0, 1)
     test_cutoff: float | None = 0.9
     actions: list[str] | None = None  # which actions are interactions; default: the importer's choice
+    cold_items: float = 0.0  # time split: hold out this share of items, drawn at random, from everything before
+    cold_seed: int = 0  # the test cutoff (the cold-start evaluation); their test events stay
     cache_dir: str = ".cache/data"  # imported and prepared data, reused while source and settings match
 
     def validate(self) -> None:
@@ -43,6 +45,8 @@ class DataConfig:
         _one_of("data.split", self.split, ("loo", "time"))
         _one_of("data.id_type", self.id_type, ("int", "str"))
         _one_of("data.ts_unit", self.ts_unit, ("s", "ms", "us", "ns", "iso"))
+        if not 0 <= self.cold_items < 1:
+            raise ConfigError("data.cold_items must be in [0, 1)")
         if not Path(self.source).exists():
             raise ConfigError(f"data.source: {self.source} does not exist")
         # absolute, so that processes started elsewhere (Ray workers) read the same files
@@ -70,7 +74,7 @@ class EvalConfig:
         if 10 not in self.ks:
             raise ConfigError("eval.ks must include 10: models are selected on NDCG@10")
         for name in self.baselines:
-            _one_of("eval.baselines", name, ("MostPop", "ItemKNN", "EASE"))
+            _one_of("eval.baselines", name, ("MostPop", "ItemKNN", "EASE", "ContentKNN"))
         if any(lam <= 0 for lam in self.ease_lambdas):
             raise ConfigError("eval.ease_lambdas must be positive")
         if self.batch_size < 1:
@@ -201,11 +205,25 @@ class StoreConfig:
 
 
 @dataclass
+class ContentConfig:
+    """`recfm content embed`: item text through the offline sentence encoder (used when model.content=true)."""
+
+    cache_dir: str = ".cache/content"  # vectors by text hash, shared by every dataset and run
+    batch_size: int = 128
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("content.batch_size must be at least 1")
+        self.cache_dir = str(Path(self.cache_dir).resolve())
+
+
+@dataclass
 class RecfmConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/<name>-<time>
     threads: int = 0  # torch intra-op threads; 0 = all cores
     data: DataConfig = field(default_factory=DataConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
