@@ -11,6 +11,7 @@ import torch
 from recfm.fm.batching import inference_batch, rows_from_arrays
 from recfm.fm.config import ModelConfig
 from recfm.fm.model import UserFoundationModel
+from recfm.fm.semantic_ids import fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer, Facet
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.distill import DistillationObjective
@@ -35,10 +36,15 @@ def _events(users: int = 40, seed: int = 0):
     return offsets, events, lengths
 
 
-def _fm() -> UserFoundationModel:
+def _fm(content: bool = False) -> UserFoundationModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(dim=16, layers=2, heads=2, max_len=MAX_LEN, dropout=0.0, item_init_std=0.5)
-    return UserFoundationModel(cfg, TOKENIZER).eval()
+    cfg = ModelConfig(dim=16, layers=2, heads=2, max_len=MAX_LEN, dropout=0.0, item_init_std=0.5, content=content,
+                      content_dim=12, semantic_levels=2 if content else 0, semantic_codes=4)
+    fm = UserFoundationModel(cfg, TOKENIZER)
+    if content:  # text vectors, semantic IDs, and a few cold items (content alone)
+        vectors = np.random.default_rng(1).normal(size=(fm.n_items, 12)).astype(np.float32)
+        fm.content.load(vectors, np.arange(fm.n_items) % 5 > 0, fit_residual_kmeans(vectors, 2, 4))
+    return fm.eval()
 
 
 def _reference(model, offsets, events, users, known):
@@ -47,8 +53,9 @@ def _reference(model, offsets, events, users, known):
         return model.score_items(batch)
 
 
-def test_the_dense_copy_and_the_serving_graph_score_as_the_fm_does():
-    fm = _fm()
+@pytest.mark.parametrize("content", [False, True])
+def test_the_dense_copy_and_the_serving_graph_score_as_the_fm_does(content):
+    fm = _fm(content)
     dense = DenseSequenceModel.from_foundation(fm)
     serving = ServingModel(dense)
     offsets, events, lengths = _events()

@@ -35,6 +35,13 @@ class ModelConfig:
     gap_buckets: int = 32  # log2-spaced buckets of seconds since the previous event
     user_repr: str = "last"  # last hidden state, or its mean over layers
     item_init_std: float = 0.02
+    # content (`recfm content embed`): each item vector adds a projection of its text vector (and its semantic-ID
+    # code embeddings) to its ID embedding; IDs are dropped with probability id_dropout in training
+    content: bool = False
+    content_dim: int = 384  # the text encoder's width
+    id_dropout: float = 0.2
+    semantic_levels: int = 0  # residual k-means levels of semantic IDs (0 = none; needs content)
+    semantic_codes: int = 64  # codes per level
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -48,6 +55,10 @@ class ModelConfig:
                 raise ModelConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
         if self.max_len < 2 or self.layers < 1 or self.window < 0 or not 0 <= self.dropout < 1:
             raise ModelConfigError("model: max_len >= 2, layers >= 1, window >= 0, 0 <= dropout < 1")
+        if not 0 <= self.id_dropout < 1 or self.semantic_levels < 0 or self.semantic_codes < 2:
+            raise ModelConfigError("model: 0 <= id_dropout < 1, semantic_levels >= 0, semantic_codes >= 2")
+        if self.semantic_levels and not self.content:
+            raise ModelConfigError("model.semantic_levels needs model.content=true (codes come from content)")
         if "item" not in self.facets and "all" not in self.facets:
             raise ModelConfigError("model.facets must include item (or be [all])")
 

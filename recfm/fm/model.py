@@ -6,6 +6,9 @@
            --causal Transformer--> hidden states; the user representation is the last one
            --per-offset query heads--> scores against item embeddings (next item, item after, ...)
 
+With `model.content`, an item's vector is its ID embedding plus what its content adds (`recfm.fm.content`),
+the same for the items of the history, the candidates and the catalog scored.
+
 The item table also serves the feature "candidate": the items a step scores are looked up through the same
 (sharded) table as the history, so the output layer is tied to the input embeddings and no rank ever needs
 the whole table. The model knows nothing of processes: `recfm.fm.distributed` shards it after it is built.
@@ -21,6 +24,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 from recfm.fm.batching import SequenceBatch
 from recfm.fm.config import ModelConfig
+from recfm.fm.content import ItemContent
 from recfm.fm.tokens import EventTokenizer
 from recfm.fm.transformer import Transformer
 
@@ -50,6 +54,8 @@ class UserFoundationModel(nn.Module):
                                   init_fn=_normal_init(cfg.item_init_std))
                   for f in tokenizer.facets]
         self.embeddings = EmbeddingCollection(tables=tables, device=device or torch.device("cpu"))
+        self.content = ItemContent(self.n_items, cfg.content_dim, cfg.dim, cfg.semantic_levels, cfg.semantic_codes,
+                                   cfg.id_dropout) if cfg.content else None
         self.project = nn.Linear(len(self.facets) * cfg.dim, cfg.dim) if cfg.combine == "concat" else None
         self.token_norm = nn.LayerNorm(cfg.dim)
         self.token_dropout = nn.Dropout(cfg.dropout)
@@ -67,7 +73,8 @@ class UserFoundationModel(nn.Module):
 
     def forward(self, batch: SequenceBatch, candidates: torch.Tensor | None = None) -> ModelOutput:
         embedded = self.embeddings(self._features(batch, candidates))
-        per_facet = [embedded[name].values() for name in self.facets]
+        per_facet = [self._items(batch.features[name], embedded[name].values()) if name == "item"
+                     else embedded[name].values() for name in self.facets]
         if self.project is not None:
             tokens = self.project(torch.cat(per_facet, dim=-1))
         else:
@@ -81,7 +88,7 @@ class UserFoundationModel(nn.Module):
             user = self.transformer.norm(torch.stack([h[rows, last] for h in layers]).mean(0))
         else:
             user = hidden[rows, last]
-        cand = embedded[CANDIDATE].values() if candidates is not None else None
+        cand = self._items(candidates, embedded[CANDIDATE].values()) if candidates is not None else None
         return ModelOutput(hidden, user, cand)
 
     def query(self, hidden: torch.Tensor, offset: int) -> torch.Tensor:
@@ -98,9 +105,13 @@ class UserFoundationModel(nn.Module):
         lengths = torch.cat([batch.lengths.to(torch.int64)] * len(self.facets) + [cand_lengths])
         return KeyedJaggedTensor(keys=[*self.facets, CANDIDATE], values=values, lengths=lengths)
 
+    def _items(self, ids: torch.Tensor, id_embeddings: torch.Tensor) -> torch.Tensor:
+        return id_embeddings if self.content is None else self.content(ids, id_embeddings)
+
     def item_table(self) -> torch.Tensor:
-        """The whole item embedding table, for scoring the catalog (unsharded model only)."""
-        return self.embeddings.embeddings[table_name("item")].weight
+        """Every catalog item's vector, for scoring the catalog (unsharded model only)."""
+        weight = self.embeddings.embeddings[table_name("item")].weight
+        return self._items(torch.arange(self.n_items, device=weight.device), weight)
 
     def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """Scores of every catalog item for each user in `batch` [B, items] (unsharded model only)."""

@@ -23,7 +23,7 @@ from recfm.fm.model import UserFoundationModel
 @dataclass
 class Candidates:
     ids: torch.Tensor  # int64 [C]: item ids to look up and score
-    logq: torch.Tensor | None  # [C] log sampling probability, or None (full softmax)
+    logq: torch.Tensor | None  # [C] log sampling probability (inf: not a candidate), or None (full softmax)
 
 
 def choose_candidates(targets: torch.Tensor, n_items: int, loss: str, negatives: int,
@@ -40,6 +40,17 @@ def choose_candidates(targets: torch.Tensor, n_items: int, loss: str, negatives:
         expected = len(positives) * item_prob[ids] + negatives / n_items
         logq = torch.log(expected.clamp(min=1e-12))
     return Candidates(ids, logq)
+
+
+def _without_untrained(candidates: Candidates, has_id: torch.Tensor) -> Candidates:
+    """Items with no training events (cold, held out) out of the softmax: they would only ever be negatives, and
+    with content the shared projection would learn to bury every item whose text resembles theirs. A title that
+    arrives after training was not in the catalog either."""
+    blocked = ~has_id[candidates.ids]
+    if not bool(blocked.any()):
+        return candidates
+    penalty = torch.where(blocked, torch.inf, 0.0)
+    return Candidates(candidates.ids, penalty if candidates.logq is None else candidates.logq + penalty)
 
 
 def next_item_loss(queries: torch.Tensor, targets: torch.Tensor, candidate_emb: torch.Tensor,
@@ -88,6 +99,8 @@ class TrainingObjective(nn.Module):
         cfg = self.cfg
         cands = choose_candidates(batch.targets, self.model.n_items, cfg.loss, cfg.negatives,
                                   self.item_prob if cfg.logq and len(self.item_prob) else None, self.generator)
+        if self.model.content is not None:
+            cands = _without_untrained(cands, self.model.content.has_id)
         out = self.model(batch, cands.ids)
         total, parts = out.hidden.sum() * 0.0, {}
         for k, weight in enumerate(cfg.offset_weights(), start=1):

@@ -44,6 +44,8 @@ class DenseSequenceModel(nn.Module):
         state = {k: v for k, v in fm.state_dict().items() if not k.startswith("embeddings.")}
         state |= {f"tables.{name}.weight": fm.embeddings.embeddings[table_name(name)].weight.detach()
                   for name in fm.facets}
+        with torch.no_grad():  # an item's vector with what its content adds, as the FM scores it
+            state["tables.item.weight"] = fm.eval().item_table().detach()
         dense.load_state_dict(state, strict=False)  # the FM's offset and auxiliary heads are not served
         return dense.eval()
 

@@ -22,10 +22,13 @@ import numpy as np
 
 from recfm.fm.model import build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
+from recfm.fm.semantic_ids import fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer
 from recfm.platform.config import RecfmConfig, TrainConfig
+from recfm.platform.data.content import ensure_content
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
+from recfm.platform.data.prepare import cold_items
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import PROTOCOL_VERSION, ModelResult, run_baselines, tune_and_test
 from recfm.platform.evaluation.report import write_results
@@ -44,6 +47,7 @@ RAY_DIR = "ray"
 RAY_RUN_NAME = "train"
 REFIT_RUN_NAME = "refit"
 ITEM_PROB_FILE = "item_prob.npy"
+ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs
 
 # Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
 # machines, and a hang on mismatched reports becomes an error instead.
@@ -78,7 +82,7 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
             _link(run_dir / FINAL_LINK, best)
         results, notes = _baselines(seqs, cfg, log)
         results.append(test_checkpoint(final, spec, cfg, seqs))
-        log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes))
+        log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
         if cfg.heads.enabled and seqs.info.split == "time":
             train_heads(run_dir, cfg, address, log)
         elif cfg.heads.enabled:
@@ -107,7 +111,22 @@ def _model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, resumed: bool)
     (run_dir / MODEL_FILE).write_text(json.dumps(spec, indent=1) + "\n")
     counts = np.bincount(seqs.events["item"][known], minlength=seqs.n_items).astype(np.float64)
     np.save(run_dir / ITEM_PROB_FILE, (counts / max(counts.sum(), 1)).astype(np.float32))
+    if cfg.model.content:
+        _item_content(cfg, seqs, run_dir, counts)
     return spec
+
+
+def _item_content(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, counts: np.ndarray, log=print) -> None:
+    """What the workers load into the model's content part: the catalog's text vectors (encoded now unless the
+    prepared data has them), semantic-ID centroids fitted on them, and which items have trained IDs: those with
+    events before the validation cutoff, or before the test cutoff for the refit."""
+    vectors = ensure_content(seqs.directory, Path(cfg.content.cache_dir), cfg.content.batch_size, log)
+    m = cfg.model
+    centroids = (fit_residual_kmeans(vectors, m.semantic_levels, m.semantic_codes, cfg.train.seed)
+                 if m.semantic_levels else np.zeros((0, m.semantic_codes, vectors.shape[1]), np.float32))
+    refit_counts = np.bincount(seqs.events["item"][seqs.known_mask("test")], minlength=seqs.n_items)
+    np.savez(run_dir / ITEM_CONTENT_FILE, vectors=vectors, centroids=centroids, has_id=counts > 0,
+             has_id_refit=refit_counts > 0)
 
 
 def start_ray(t: TrainConfig, address: str | None) -> None:
@@ -154,6 +173,7 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
         train_worker,
         train_loop_config={"cfg": asdict(cfg), "spec": spec, "run_dir": str(run_dir),
                            "item_prob": str(run_dir / ITEM_PROB_FILE),
+                           "item_content": str(run_dir / ITEM_CONTENT_FILE),
                            "refit_from": str(refit_from) if refit_from else None},
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -203,20 +223,29 @@ def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequen
                          val_targets=cfg.eval.val_targets)
 
 
+def cold_targets(seqs: Sequences) -> np.ndarray | None:
+    """Which test requests' targets are held-out cold items (`data.cold_items`), in evaluation order."""
+    if not seqs.info.cold_items:
+        return None
+    return np.isin(seqs.request_targets(*seqs.eval_requests("test")), cold_items(seqs.directory))
+
+
 def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
     """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
     e = cfg.eval
-    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION}, sort_keys=True)
+    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION, "ranks": True}, sort_keys=True)
     cache = seqs.directory / f"baselines-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached["key"] == key:
             log(f"baselines reused from {cache}")
-            return [ModelResult(**r) for r in cached["results"]], cached["notes"]
+            return [ModelResult(**(r | {"ranks": np.asarray(r["ranks"])})) for r in cached["results"]], cached["notes"]
+    if "ContentKNN" in e.baselines:
+        ensure_content(seqs.directory, Path(cfg.content.cache_dir), cfg.content.batch_size, log)
     results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
                                    e.knn_shrinks, e.batch_size, e.seed, log, val_targets=e.val_targets)
-    cache.write_text(json.dumps({"key": key, "notes": notes, "results": [
-        {k: v for k, v in asdict(r).items() if k != "ranks"} for r in results]}))
+    cache.write_text(json.dumps({"key": key, "notes": notes, "results": [  # ranks too: the cold-start table's
+        asdict(r) | {"ranks": r.ranks.tolist()} for r in results]}))
     return results, notes
 
 

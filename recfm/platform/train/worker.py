@@ -41,12 +41,15 @@ def train_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # dense weights start equal (DDP also broadcasts rank 0's)
 
     model = build_model(config["spec"], device=torch.device("meta"))  # DMP materialises each rank's shards
+    refit = config.get("refit_from") is not None  # continue the best model on every event before the test cutoff
+    if model.content is not None:
+        with np.load(config["item_content"]) as f:
+            model.content.load(f["vectors"], f["has_id_refit" if refit else "has_id"], f["centroids"])
     item_prob = torch.from_numpy(np.load(config["item_prob"]))
     objective = TrainingObjective(model, cfg.objective, item_prob, seed=cfg.train.seed * 1000 + rank)
     training = shard(objective, model.embeddings, model.facets, cfg.sharding, cfg.train.lr, cfg.train.weight_decay,
                      device)
     state = TrainState()
-    refit = config.get("refit_from") is not None  # continue the best model on every event before the test cutoff
     logger = MetricsLogger(Path(config["run_dir"]), enabled=rank == 0,
                            file_name=REFIT_METRICS_FILE if refit else METRICS_FILE)
     # Ray Train hands back the latest reported checkpoint when it restarts the workers after a failure
@@ -61,6 +64,9 @@ def train_worker(config: dict) -> None:
     elif refit:
         state = load_checkpoint(Path(config["refit_from"]), training)
         state.epoch, state.elapsed_s, state.stopped = 0, 0.0, ""
+        if model.content is not None:  # the checkpoint's says which items had IDs before the validation cutoff
+            with np.load(config["item_content"]) as f:
+                model.content.has_id.copy_(torch.from_numpy(f["has_id_refit"]))
     logger.forget_after(state.epoch)  # what an attempt that failed logged past the checkpoint (or from scratch)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = None if refit else ray.train.get_dataset_shard("val")
