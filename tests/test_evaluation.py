@@ -152,3 +152,46 @@ def test_reference_figures_on_amazon_beauty(tmp_path):
 def test_sparse_history_rows_are_binary(small):
     m = small.history_matrix("test")
     assert isinstance(m, sp.csr_matrix) and set(np.unique(m.data)) == {1.0}
+
+
+def test_content_knn_ranks_the_items_whose_text_is_nearest_the_latest_ones(small, tmp_path):
+    from recfm.platform.data.content import CONTENT_FILE
+    from recfm.platform.evaluation.baselines import ContentKNN
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(small.n_items, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.save(small.directory / CONTENT_FILE, vectors)
+    try:
+        scorer = ContentKNN()
+        scorer.recent = 2
+        scorer.fit(small, "test")
+        users, prefixes = small.eval_requests("test")
+        users, prefixes = users[:5], prefixes[:5]
+        scores = scorer.score(users, prefixes)
+        items = small.events["item"]
+        for row, (u, p) in enumerate(zip(users, prefixes, strict=True)):
+            last = items[small.offsets[u] + p - 2:small.offsets[u] + p]
+            profile = vectors[last].mean(0)
+            expected = vectors @ (profile / np.linalg.norm(profile))
+            assert np.allclose(scores[row].numpy(), expected, atol=1e-5)
+    finally:
+        (small.directory / CONTENT_FILE).unlink()
+
+
+def test_the_warm_and_cold_table_splits_each_models_ranks(tmp_path):
+    from recfm.platform.data.prepare import PreparedInfo
+    from recfm.platform.evaluation.harness import ModelResult
+    from recfm.platform.evaluation.report import write_results
+
+    ranks = np.array([0, 5, 20, 100, 3, 60])
+    cold = np.array([False, False, False, True, True, True])
+    metrics = {"HR@10": 0.0, "NDCG@10": 0.0, "HR@50": 0.0, "NDCG@50": 0.0, "MRR": 0.0, "coverage@10": 0.0,
+               "pop_pct@10": 0.0, "users": 6}
+    info = PreparedInfo(source="s", dataset="d", split="time", cold_items=2, val_cutoff=1.0, test_cutoff=2.0)
+    text = write_results(tmp_path, [ModelResult("M", metrics, ranks=ranks)], info, [10, 50], cold=cold)
+    # warm: ranks 0, 5, 20 -> HR@10 2/3, NDCG@10 (1 + 1/log2(7)) / 3; cold: 100, 3, 60 -> HR@50 1/3
+    warm_ndcg = (1 + 1 / np.log2(7)) / 3
+    cold_ndcg = (1 / np.log2(5)) / 3
+    assert f"| M | {2 / 3:.4f} | {warm_ndcg:.4f} | {1 / 3:.4f} | {cold_ndcg:.4f} |" in text
+    assert "3 test targets on warm items, 3 on cold ones" in text

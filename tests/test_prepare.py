@@ -10,7 +10,7 @@ from conftest import write_movielens
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.errors import DataError
 from recfm.platform.data.movielens import import_movielens
-from recfm.platform.data.prepare import prepare
+from recfm.platform.data.prepare import cold_items, prepare
 from recfm.platform.data.sequences import import_sequences
 
 # user 7 rates three movies at the same second, in file order 3, 1, 2; then one more later
@@ -97,3 +97,30 @@ def test_synthetic_data_prepares_and_keeps_every_event(tmp_path):
     assert info.events == 6000 and seqs.n_users == 300 and len(list((tmp_path / "prep" / "sequences").iterdir())) == 3
     assert set(info.facets) == {"action", "surface", "device"}
     assert info.test_users == 300
+
+
+def test_cold_items_lose_every_event_before_the_test_cutoff_and_keep_their_test_events(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{u},{i},4.0,{t}" for u in range(1, 31) for i, t in
+             zip(rng.choice(np.arange(1, 41), 12, replace=False), np.sort(rng.integers(0, 1000, 12)), strict=True)]
+    movies = "movieId,title,genres\n" + "".join(f"{i},T{i} (2000),Drama\n" for i in range(1, 41))
+    root = write_movielens(tmp_path / "ml", ratings="userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n",
+                           movies=movies, tags=None)
+    import_movielens(root, tmp_path / "imp")
+    full = prepare(tmp_path / "imp", tmp_path / "full", split="time", val_cutoff=600, test_cutoff=800)
+    info = prepare(tmp_path / "imp", tmp_path / "prep", split="time", val_cutoff=600, test_cutoff=800,
+                   cold_items=0.25, cold_seed=3)
+    cold = cold_items(tmp_path / "prep")
+    assert info.cold_items == len(cold) == 10
+    seqs, before = Sequences.load(tmp_path / "prep"), Sequences.load(tmp_path / "full")
+    is_cold = np.isin(seqs.events["item"], cold)
+    train_part = seqs.events["ts"] < 800
+    assert not (is_cold & train_part).any()  # nothing before the test cutoff trains on a cold item
+    removed = np.isin(before.events["item"], cold) & (before.events["ts"] < 800)
+    assert info.cold_events_removed == removed.sum() > 0 and info.events == full.events - removed.sum()
+    # the test period is untouched: the same targets, cold ones among them
+    assert info.test_targets == full.test_targets
+    assert np.isin(seqs.request_targets(*seqs.eval_requests("test")), cold).any()
+    assert (info.val_cutoff, info.test_cutoff) == (full.val_cutoff, full.test_cutoff)
+    with pytest.raises(DataError, match="needs the time split"):
+        prepare(tmp_path / "imp", tmp_path / "loo", cold_items=0.25)

@@ -33,13 +33,20 @@ class UserEncoder:
 
 
 def push_embeddings(run_dir: Path, s: StoreConfig, version: str | None = None, address: str | None = None,
-                    progress: bool = True, log=print) -> VersionInfo:
-    """Pushes the run's embeddings to `s.uri` (collection `s.collection`) and returns the promoted version."""
+                    progress: bool = True, log=print, new_items: Path | None = None,
+                    content_cache: Path = Path(".cache/content")) -> VersionInfo:
+    """Pushes the run's embeddings to `s.uri` (collection `s.collection`) and returns the promoted version. With
+    `new_items` (a MovieLens-style movies.csv of titles added after training), their content vectors too."""
     emb = RunEmbeddings.load(run_dir, s.model)
     # The weights' hash in the name: retraining into the same run directory makes a new version, not a clash.
     name = version or f"{emb.run.directory.name}-{s.model}-{emb.fingerprint[:8]}"
     users, user_ids = emb.users()
     item_ids, item_vectors, labels = emb.items()
+    if new_items is not None:
+        new_ids, new_vectors, new_labels = _new_titles(emb, Path(new_items), set(item_ids), content_cache, log)
+        name += f"-new{_file_tag(Path(new_items))}"
+        item_ids, labels = item_ids + new_ids, labels + new_labels
+        item_vectors = np.concatenate([item_vectors, new_vectors])
     rows = s.chunk_rows
 
     def chunks(done: set) -> Iterator[Chunk]:
@@ -72,6 +79,36 @@ def _example(store, emb: RunEmbeddings, k: int = 5) -> str:
     lines += [f"  {n}. {score:7.3f}  {label or i}" for n, (i, label, score) in
               enumerate(zip(rows.ids, rows.labels, rows.scores, strict=True), 1)]
     return "\n".join(lines)
+
+
+def _new_titles(emb: RunEmbeddings, path: Path, known: set[str], cache_dir: Path,
+                log) -> tuple[list[str], np.ndarray, list[str | None]]:
+    """Ids, content-path vectors and labels of the titles in `path` that the run's catalog lacks (a bad row stops
+    with its file, row and field; titles already in the catalog keep their trained vectors, and are counted)."""
+    import tempfile
+
+    from recfm.platform.data.content import item_texts
+    from recfm.platform.data.movielens import read_movies
+    from recfm.platform.data.validate import ImportLedger
+
+    with tempfile.TemporaryDirectory() as scratch:
+        movies = read_movies(path, ImportLedger(Path(scratch), "strict"))
+    ids = [str(i) for i in movies["item_id"]]
+    new = [n for n, i in enumerate(ids) if i not in known]
+    movies = movies.iloc[new]
+    years = np.array([0 if y is None or y != y else int(y) for y in movies["year"]], dtype=np.int64)
+    texts = item_texts(list(movies["title"]), years, list(movies["genres"]), [[] for _ in range(len(movies))])
+    log(f"push: {len(new):,} new titles from {path} through the content path ({len(ids) - len(new):,} already "
+        f"in the catalog keep their trained vectors)")
+    vectors = emb.content_item_vectors(texts, cache_dir) if new else np.zeros((0, emb.dim), np.float32)
+    labels = [f"{t} ({y})" if y else t for t, y in zip(movies["title"], years, strict=True)]
+    return [ids[n] for n in new], vectors, labels
+
+
+def _file_tag(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:6]
 
 
 def _encode_on_ray(run_dir: Path, s: StoreConfig, todo: list[tuple[int, np.ndarray]], address: str | None,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from recfm.fm.batching import inference_batch, rows_from_arrays
+from recfm.fm.model import UserFoundationModel
+from recfm.platform.data.content import ContentCache
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.trained import FINAL_LINK, TrainedRun
 from recfm.serving_exports.dense import DenseSequenceModel
@@ -31,20 +33,23 @@ class RunEmbeddings:
     model_kind: str
     model: DenseSequenceModel
     weights: Path  # the checkpoint the model was loaded from
+    foundation: UserFoundationModel | None = None  # the teacher's FM, for its content path (new titles)
 
     @classmethod
     def load(cls, run_dir: Path, model_kind: str = "teacher") -> RunEmbeddings:
         from recfm.platform.train.distill import DISTILL_DIR, STUDENT_FILE, load_student
 
         run = TrainedRun.open(run_dir)
+        fm = None
         if model_kind == "teacher":
             checkpoint = run.checkpoint(FINAL_LINK)
-            model = DenseSequenceModel.from_foundation(run.foundation_model())
+            fm = run.foundation_model()
+            model = DenseSequenceModel.from_foundation(fm)
         elif model_kind == "student":
             model, checkpoint = load_student(run.directory), run.directory / DISTILL_DIR / STUDENT_FILE
         else:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model_kind!r}")
-        return cls(run, model_kind, model.eval(), checkpoint)
+        return cls(run, model_kind, model.eval(), checkpoint, fm)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -79,6 +84,16 @@ class RunEmbeddings:
         catalog = self.run.catalog
         labels = [catalog.label(i) if catalog.titles[i] else None for i in range(len(catalog))]
         return ([str(i) for i in catalog.item_ids], self.model.item_table().detach().float().numpy().copy(), labels)
+
+    @torch.no_grad()
+    def content_item_vectors(self, texts: list[str], cache_dir: Path) -> np.ndarray:
+        """Vectors of items the run never trained on, from their text alone (the FM's content path): what a cold
+        item of the catalog gets too."""
+        if self.foundation is None or self.foundation.content is None:
+            raise ValueError(f"new items need the content path: {self.model_kind} of {self.run.directory.name} "
+                             f"has none (train with model.content=true, and push the teacher)")
+        vectors, _ = ContentCache(cache_dir).encode(texts, progress=False)
+        return self.foundation.content.from_content(torch.from_numpy(vectors)).float().numpy()
 
     def metadata(self, chunk_rows: int) -> dict:
         """What identifies a version's content: a resumed push must agree on all of it."""

@@ -58,7 +58,7 @@ def import_movielens(source: Path, out: Path, mode: str = "strict") -> DatasetIn
     out = prepare_output(out)
     ledger = ImportLedger(out, mode)
 
-    items = _read_movies(movies_path, ledger) if movies_path else None
+    items = read_movies(movies_path, ledger) if movies_path else None
     parts = [_read_ratings(ratings_path, ledger)]
     if tags_path is not None:
         parts.append(_read_tags(tags_path, ledger))
@@ -107,7 +107,8 @@ def _read_tags(path: Path, ledger: ImportLedger) -> EventPart:
     return EventPart(str(path), _concat(frames, path, allow_empty=True))
 
 
-def _read_movies(path: Path, ledger: ImportLedger) -> pd.DataFrame:
+def read_movies(path: Path, ledger: ImportLedger) -> pd.DataFrame:
+    """A movies.csv (movieId, title, genres) as item rows: id, title without its year, genre list, year."""
     frames = []
     for chunk in _chunks(path, "movies"):
         batch = Batch(str(path), chunk, ledger)

@@ -44,6 +44,7 @@ from recfm.platform.data.schema import CATEGORICAL_FACETS, EVENTS_DIR, ITEMS_FIL
 
 SEQUENCES_DIR = "sequences"
 PREPARED_FILE = "prepared.json"
+COLD_ITEMS_FILE = "cold_items.npy"  # dense ids of the items held out of training (`data.cold_items`)
 SPLITS = ("loo", "time")
 
 
@@ -66,6 +67,8 @@ class PreparedInfo:
     val_targets: int = 0  # = val_users for loo; every event of the validation period for time
     test_targets: int = 0
     users_without_targets: int = 0
+    cold_items: int = 0  # items held out of training (`data.cold_items`), listed in cold_items.npy
+    cold_events_removed: int = 0  # their events before the test cutoff, removed so that nothing trains on them
     params: dict = field(default_factory=dict)  # what `ensure_prepared` compares to reuse this output
 
     def save(self, directory: Path) -> None:
@@ -81,8 +84,11 @@ class PreparedInfo:
 
 def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | None = None,
             test_cutoff: float | None = None, actions: list[str] | None = None,
-            users_per_shard: int = 200_000) -> PreparedInfo:
-    """Builds sequences and the split from an imported dataset; `actions` defaults to its interactions."""
+            users_per_shard: int = 200_000, cold_items: float = 0.0, cold_seed: int = 0) -> PreparedInfo:
+    """Builds sequences and the split from an imported dataset; `actions` defaults to its interactions.
+
+    `cold_items` (time split only) holds out that share of the catalog, drawn at random: every event on them
+    before the test cutoff is removed, so they enter the test period as titles nobody has watched."""
     dataset, out = Path(dataset), Path(out)
     info = DatasetInfo.load(dataset)
     if split not in SPLITS:
@@ -107,16 +113,28 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
     ts = table["ts"].to_numpy()
     order = np.lexsort((ts, uidx))  # stable: equal (user, ts) keep source order
     uidx, iidx, ts = uidx[order], iidx[order], ts[order]
+    val_ts = test_ts = None
+    if split == "time":  # from every event, whatever is held out below
+        val_ts, test_ts = _cutoffs(ts, val_cutoff, test_cutoff)
+    cold = np.zeros(0, dtype=np.int64)
+    removed = 0
+    if cold_items > 0:
+        if split != "time":
+            raise DataError(str(dataset), "data.cold_items needs the time split (cold items are new in its test "
+                                          "period)")
+        cold = np.sort(np.random.default_rng(cold_seed).choice(len(item_ids), round(cold_items * len(item_ids)),
+                                                                replace=False))
+        keep = ~(np.isin(iidx, cold) & (ts < test_ts))
+        removed = int((~keep).sum())
+        order, uidx, iidx, ts = order[keep], uidx[keep], iidx[keep], ts[keep]
     lengths = np.bincount(uidx, minlength=len(user_ids)).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
 
     if split == "loo":
-        val_ts = test_ts = None
         has_targets = lengths >= 3
         n_train = np.where(has_targets, lengths - 2, lengths)
         n_fit = np.where(has_targets, lengths - 1, lengths)
     else:
-        val_ts, test_ts = _cutoffs(ts, val_cutoff, test_cutoff)
         n_train = np.bincount(uidx, weights=ts < val_ts, minlength=len(user_ids)).astype(np.int64)
         n_fit = np.bincount(uidx, weights=ts < test_ts, minlength=len(user_ids)).astype(np.int64)
 
@@ -134,6 +152,7 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
     _write_items(dataset, out, item_ids)
     (out / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
     _write_context(out, context, user_ids, item_ids)
+    np.save(out / COLD_ITEMS_FILE, cold)
 
     if split == "time":  # every event after a cutoff with some history is a target (`Sequences.eval_requests`)
         val_counts = np.maximum(n_fit - np.maximum(n_train, 1), 0)
@@ -148,7 +167,7 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
         facets=facets, has_time=info.has_time, users=len(user_ids), items=len(item_ids), events=int(offsets[-1]),
         context_events=context.num_rows, val_users=val_users, test_users=test_users,
         val_targets=int(val_counts.sum()), test_targets=int(test_counts.sum()),
-        users_without_targets=len(user_ids) - test_users,
+        users_without_targets=len(user_ids) - test_users, cold_items=len(cold), cold_events_removed=removed,
     )
     prepared.save(out)
     return prepared
@@ -172,6 +191,12 @@ def _codes(name: str, values: pa.ChunkedArray) -> tuple[np.ndarray, list[str | N
     vocab = ranked.field("values")
     codes = pc.fill_null(pc.add(pc.index_in(values, value_set=vocab), 1), 0)
     return codes.to_numpy().astype(np.int16), [None, *vocab.to_pylist()]
+
+
+def cold_items(prepared: Path) -> np.ndarray:
+    """Dense ids of the items a prepared dataset held out of training (none for data prepared without)."""
+    path = Path(prepared) / COLD_ITEMS_FILE
+    return np.load(path) if path.exists() else np.zeros(0, dtype=np.int64)
 
 
 def _cutoffs(ts: np.ndarray, val: float | None, test: float | None) -> tuple[float, float]:
@@ -236,4 +261,7 @@ def describe(info: PreparedInfo) -> str:
     if info.split == "time":
         text += (f"; cutoffs {time.strftime('%Y-%m-%d', time.gmtime(info.val_cutoff))} (val) and "
                  f"{time.strftime('%Y-%m-%d', time.gmtime(info.test_cutoff))} (test)")
+    if info.cold_items:
+        text += (f"; {info.cold_items:,} cold items held out: their {info.cold_events_removed:,} events before the "
+                 f"test cutoff removed")
     return text

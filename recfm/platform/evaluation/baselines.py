@@ -118,3 +118,29 @@ class ItemKNN(_ItemItem):
 
     def params(self) -> dict:
         return {"k": self.k, "shrink": self.shrink}
+
+
+class ContentKNN:
+    """Items whose content vector (`recfm content embed`) is nearest the mean of the user's `recent` latest items'
+    vectors: the baseline that needs no interactions with the item, only its text."""
+
+    name = "ContentKNN"
+    recent: int = 5
+
+    def fit(self, seqs: Sequences, stage: str) -> None:
+        from recfm.platform.data.content import load_content
+
+        self._seqs = seqs
+        self.vectors = torch.from_numpy(load_content(seqs.directory))
+
+    def score(self, users: np.ndarray, prefixes: np.ndarray) -> torch.Tensor:
+        items = self._seqs.events["item"]
+        starts = self._seqs.offsets[users] + np.maximum(prefixes - self.recent, 0)
+        counts = np.minimum(prefixes, self.recent)
+        index = np.repeat(starts, counts) + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        profile = F.embedding_bag(torch.from_numpy(items[index].astype(np.int64)), self.vectors,
+                                  torch.from_numpy((np.cumsum(counts) - counts).astype(np.int64)), mode="mean")
+        return F.normalize(profile, dim=-1) @ self.vectors.T
+
+    def params(self) -> dict:
+        return {"recent": self.recent}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from recfm.platform.data.dataset import Sequences
-from recfm.platform.evaluation.baselines import EASE, ItemKNN, MostPop, Scorer
+from recfm.platform.evaluation.baselines import EASE, ContentKNN, ItemKNN, MostPop, Scorer
 from recfm.platform.evaluation.metrics import RankingMetrics
 
 SELECTION_METRIC = "NDCG@10"
@@ -79,6 +79,7 @@ def baseline_scorers(ease_lambdas: list[float], knn_neighbors: list[int],
         (MostPop(), []),
         (ItemKNN(), [{"k": k, "shrink": s} for k in knn_neighbors for s in knn_shrinks]),
         (EASE(), [{"lam": lam} for lam in ease_lambdas]),
+        (ContentKNN(), [{"recent": n} for n in (1, 5, 20)]),
     ]
 
 

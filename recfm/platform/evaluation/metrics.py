@@ -28,6 +28,18 @@ def top_k(scores: torch.Tensor, k: int, tie_order: torch.Tensor) -> torch.Tensor
     return candidates.gather(1, order[:, :k])
 
 
+def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """HR@K, NDCG@K (one relevant item) and MRR from 0-based target ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in sorted(ks):
+        hit = ranks < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float((hit / np.log2(ranks + 2)).mean())
+    out["MRR"] = float((1.0 / (ranks + 1)).mean())
+    return out
+
+
 class RankingMetrics:
     """Accumulates HR@K, NDCG@K, MRR, coverage@10 and the popularity of what is recommended."""
 
@@ -60,13 +72,8 @@ class RankingMetrics:
         return torch.cat(self.ranks).numpy() if self.ranks else np.zeros(0, dtype=np.int64)
 
     def result(self) -> dict[str, float]:
-        ranks = torch.cat(self.ranks).double()
-        out: dict[str, float] = {}
-        for k in self.ks:
-            hit = (ranks < k).double()
-            out[f"HR@{k}"] = float(hit.mean())
-            out[f"NDCG@{k}"] = float((hit / torch.log2(ranks + 2)).mean())
-        out["MRR"] = float((1.0 / (ranks + 1)).mean())
+        ranks = torch.cat(self.ranks)
+        out = rank_metrics(ranks.numpy(), self.ks)
         out["coverage@10"] = float(self.recommended.float().mean())
         out["pop_pct@10"] = self.popularity_sum / max(self.popularity_n, 1)
         out["users"] = len(ranks)

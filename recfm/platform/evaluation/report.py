@@ -7,8 +7,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from recfm.platform.data.prepare import PreparedInfo
 from recfm.platform.evaluation.harness import ModelResult
+from recfm.platform.evaluation.metrics import rank_metrics
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -26,6 +29,18 @@ def markdown_table(results: list[ModelResult], ks: list[int]) -> str:
     return "\n".join(rows)
 
 
+def cold_start_table(subsets: dict[str, dict[str, dict[str, float]]], warm: int, cold: int, items: int) -> str:
+    """Each model on test targets that are warm items and on those that are held-out cold items."""
+    rows = ["| model | warm HR@10 | warm NDCG@10 | cold HR@50 | cold NDCG@50 |", "|---|---:|---:|---:|---:|"]
+    for name, s in subsets.items():
+        w, c = s["warm"], s["cold"]
+        rows.append(f"| {name} | {w['HR@10']:.4f} | {w['NDCG@10']:.4f} | {c.get('HR@50', float('nan')):.4f} | "
+                    f"{c.get('NDCG@50', float('nan')):.4f} |")
+    return ("\n".join(rows) + f"\n\nCold start: {items:,} items held out of training (every event on them before "
+            f"the test cutoff removed); {warm:,} test targets on warm items, {cold:,} on cold ones, each ranked "
+            f"over the full catalog.")
+
+
 def _fmt(column: str, value: float) -> str:
     return f"{value:.1f}" if column == "pop_pct@10" else f"{value:.4f}"
 
@@ -39,12 +54,18 @@ def protocol_line(info: PreparedInfo, users: int) -> str:
 
 
 def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks: list[int],
-                  notes: list[str] | None = None) -> str:
-    """Writes results.json and results.md into `out`; returns the markdown."""
+                  notes: list[str] | None = None, cold: np.ndarray | None = None) -> str:
+    """Writes results.json and results.md into `out`; returns the markdown. `cold` marks the test requests whose
+    target is a held-out cold item: then a second table splits every model's figures into warm and cold."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     users = int(results[0].metrics["users"]) if results else 0
     text = markdown_table(results, ks) + "\n\n" + protocol_line(info, users) + "\n"
+    subsets = {}
+    if cold is not None:
+        subsets = {r.name: {"warm": rank_metrics(r.ranks[~cold], ks), "cold": rank_metrics(r.ranks[cold], ks)}
+                   for r in results}
+        text += "\n" + cold_start_table(subsets, int((~cold).sum()), int(cold.sum()), info.cold_items) + "\n"
     text += "".join(f"\nNote: {n}\n" for n in notes or [])
     (out / RESULTS_MD).write_text(text)
     payload = {
@@ -52,6 +73,7 @@ def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks:
         "data": asdict(info) | {"params": None},
         "models": [{k: v for k, v in asdict(r).items() if k != "ranks"} for r in results],
         "notes": notes or [],
+        "warm_cold": subsets,
     }
     (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2) + "\n")
     return text
