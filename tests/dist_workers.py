@@ -33,7 +33,7 @@ def shard_and_train(rank: int, world: int, port: int, prepared: str, item_shardi
     torch.manual_seed(0)
     seqs = Sequences.load(prepared)
     tokenizer = EventTokenizer.from_data(["all"], seqs.n_items, seqs.vocab, True, seqs.events["value"])
-    cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=20, dropout=0.0)
+    cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=20, dropout=0.0, content=False)
     model = UserFoundationModel(cfg, tokenizer, mtp=2)
     objective = TrainingObjective(model, ObjectiveConfig(mtp=2), seed=rank)
     sharded = shard(objective, model.embeddings, tokenizer.names, ShardingConfig(item=item_sharding, sparse_lr=0.1),

@@ -229,3 +229,35 @@ def test_embeddings_cli_reads_resumes_and_rolls_back(run, capsys):
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     code, _, err = _cli(capsys, "embeddings", "versions", "--store", str(run.parent / "no-store"))
     assert code == 2 and "no embedding store" in err
+
+
+def test_titles_added_after_training_are_pushed_through_the_content_path(run, tmp_path, capsys):
+    from recfm.platform.data.content import ContentCache, item_texts
+    from recfm.platform.trained import TrainedRun
+    from recfm.serving_exports.store import open_store
+
+    new = tmp_path / "new_movies.csv"
+    new.write_text("movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
+                   "900001,Toy Story 7 (2031),Adventure|Animation|Children\n900002,The Quiet Heist (2031),Crime\n")
+    store = ["--store", str(tmp_path / "store")]
+    code, out, err = _cli(capsys, "push-embeddings", str(run), "--new-items", str(new), "--no-progress", *store)
+    assert code == 0, err
+    assert "2 new titles" in out and "1 already in the catalog" in out
+    trained = TrainedRun.open(run)
+    fm = trained.foundation_model()
+    texts = item_texts(["Toy Story 7", "The Quiet Heist"], np.array([2031, 2031]),
+                       [["Adventure", "Animation", "Children"], ["Crime"]], [[], []])
+    vectors, _ = ContentCache(trained.cfg.content.cache_dir).encode(texts, progress=False, log=lambda _: None)
+    with torch.no_grad():
+        expected = fm.content.from_content(torch.from_numpy(vectors)).numpy()
+    with open_store(str(tmp_path / "store")) as s:
+        snap = s.snapshot()
+        assert snap.count("item") == trained.sequences.n_items + 2  # "1" keeps its trained vector, once
+        np.testing.assert_allclose(snap.get("item", ["900001", "900002"]).vectors, expected, atol=1e-5)
+    # a run whose model has no content path says so, in one line
+    bad = tmp_path / "bad.csv"
+    bad.write_text("movieId,title,genres\nabc,No Id,Drama\n")
+    code, _, err = _cli(capsys, "push-embeddings", str(run), "--new-items", str(bad), *store)
+    assert code == 2 and "bad.csv" in err and "movieId" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _cli(capsys, "push-embeddings", str(run), "--model", "student", "--new-items", str(new), *store)
+    assert code == 2 and "content path" in err, err

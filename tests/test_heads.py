@@ -88,7 +88,7 @@ def test_bm25_prefers_the_rare_matching_term():
 
 def _fm():
     tok = EventTokenizer([Facet("item", 6)])
-    return UserFoundationModel(ModelConfig(dim=8, layers=1, heads=2, max_len=8, dropout=0.0), tok)
+    return UserFoundationModel(ModelConfig(dim=8, layers=1, heads=2, max_len=8, dropout=0.0, content=False), tok)
 
 
 def _batch(fm, tasks=("search", "similars", "homepage")):

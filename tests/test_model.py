@@ -32,7 +32,8 @@ def _rows(n_users: int = 3, length: int = 12, items: int = 50, seed: int = 0) ->
 
 
 def _model(**overrides) -> UserFoundationModel:
-    cfg = ModelConfig(**({"dim": 16, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.0} | overrides))
+    cfg = ModelConfig(**({"dim": 16, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.0, "content": False}
+                         | overrides))
     torch.manual_seed(0)
     return UserFoundationModel(cfg, _tokenizer(), mtp=3, action_head=True, gap_head=True).eval()
 

@@ -37,7 +37,7 @@ class ModelConfig:
     item_init_std: float = 0.02
     # content (`recfm content embed`): each item vector adds a projection of its text vector (and its semantic-ID
     # code embeddings) to its ID embedding; IDs are dropped with probability id_dropout in training
-    content: bool = False
+    content: bool = True  # data with no item text (Amazon Beauty's sequence file) needs false
     content_dim: int = 384  # the text encoder's width
     id_dropout: float = 0.2
     semantic_levels: int = 0  # residual k-means levels of semantic IDs (0 = none; needs content)

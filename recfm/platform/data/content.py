@@ -95,6 +95,7 @@ def embed_catalog(prepared: Path, cache_dir: Path, batch_size: int = 128, progre
     Tags count only when applied before the validation cutoff of a time split (later ones would tell training
     and validation about the future), and not on held-out cold items; a leave-one-out split, whose cutoffs
     differ per user, uses none."""
+    from recfm.platform.data.errors import DataError
     from recfm.platform.data.prepare import PreparedInfo, cold_items
     from recfm.platform.trained import Catalog
 
@@ -107,6 +108,9 @@ def embed_catalog(prepared: Path, cache_dir: Path, batch_size: int = 128, progre
         if item >= 0 and ts < before and item not in cold:
             tags[item].append(str(text).strip().lower())
     texts = item_texts(catalog.titles, catalog.years, catalog.genres, tags)
+    if not any(texts):
+        raise DataError(str(prepared), "the catalog has no item text (titles, genres, tags) to encode: "
+                                       "set model.content=false for this data")
     vectors, encoded = ContentCache(cache_dir).encode(texts, batch_size, progress, log)
     np.save(prepared / CONTENT_FILE, vectors)
     pq.write_table(pa.table({"item": np.arange(len(texts)), "text": texts}), prepared / TEXTS_FILE)
