@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--only", nargs="*", help="run only these variants (by table label)")
     args = parser.parse_args()
+    if args.config and "=" in args.config:  # no config file, only overrides
+        args.overrides, args.config = [args.config, *args.overrides], None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows, baselines, note = [], {}, ""
     for label, overrides in VARIANTS.items():

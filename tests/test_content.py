@@ -111,7 +111,7 @@ def test_a_cold_item_is_its_content_alone_and_a_warm_one_adds_its_id():
         table = model.item_table()
         content = model.content.from_content(model.content.vectors)
     assert torch.allclose(table[25:], content[25:], atol=1e-6)  # cold: what a title added later would get
-    assert torch.allclose(table[:25], content[:25] + ids[:25], atol=1e-6)
+    assert torch.allclose(table[:25], content[:25] - model.content.no_id + ids[:25], atol=1e-6)
     # the history reads the same vectors as the catalog scored
     with torch.no_grad():
         a = model(inference_batch(_rows([3, 27, 5]), np.array([3]), model.tokenizer, 8)).user
@@ -140,6 +140,7 @@ def test_content_parts_learn(levels):
     loss = (out.hidden[0, :-1] @ out.candidate_emb.T).logsumexp(-1).mean()
     loss.backward()
     assert model.content.project.weight.grad.abs().sum() > 0
+    assert model.content.no_id.grad.abs().sum() > 0  # cold items 26 and 28 are in the batch
     if levels:
         assert model.content.semantic.weight.grad.abs().sum() > 0
 

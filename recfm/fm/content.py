@@ -1,11 +1,15 @@
 """What an item's content adds to its ID embedding.
 
-    item vector = ID embedding · has_id · (not dropped)  +  W · content vector  +  Σ_level semantic-code embedding
+    item vector = (ID embedding if has_id and not dropped, else a learned "no ID" vector)
+                  + W · content vector  +  Σ_level semantic-code embedding
 
 The content vector is the item's text through the offline encoder (`recfm.platform.data.content`); the
 semantic codes are residual k-means codes of it (`recfm.fm.semantic_ids`). During training each ID embedding
 is dropped with probability `model.id_dropout`, so the model also learns to place an item from its content
-alone, which is all a cold item (no training events: `has_id` false) or a title added after training has.
+alone, which is all a cold item (no training events: `has_id` false) or a title added after training has. The
+"no ID" vector stands in for the missing ID: trained on the dropped ones, it gives content-only items the
+share of the score an ID would carry (with nothing in its place, their vectors are a third of a warm item's
+norm and they rank below the whole warm catalog).
 The code tables are a few dozen rows per level: plain replicated embeddings, not sharded TorchRec tables.
 """
 
@@ -29,6 +33,7 @@ class ItemContent(nn.Module):
         self.register_buffer("centroids", torch.zeros(levels, codes, content_dim))
         self.register_buffer("offsets", torch.arange(levels, dtype=torch.int64) * codes, persistent=False)
         self.project = nn.Linear(content_dim, dim)
+        self.no_id = nn.Parameter(torch.zeros(dim))
         self.semantic = nn.Embedding(levels * codes, dim) if levels else None
         if self.semantic is not None:
             nn.init.normal_(self.semantic.weight, std=0.02)
@@ -46,14 +51,14 @@ class ItemContent(nn.Module):
         keep = self.has_id[ids]
         if self.training and self.id_dropout > 0:
             keep = keep & (torch.rand(len(ids), device=ids.device) >= self.id_dropout)
-        out = id_embeddings * keep[:, None].to(id_embeddings.dtype) + self.project(self.vectors[ids])
+        out = torch.where(keep[:, None], id_embeddings, self.no_id) + self.project(self.vectors[ids])
         if self.semantic is not None:
             out = out + self.semantic(self.codes[ids] + self.offsets).sum(1)
         return out
 
     def from_content(self, vectors: torch.Tensor) -> torch.Tensor:
         """Vectors of items known only by their content vectors [N, content_dim] (titles added after training)."""
-        out = self.project(vectors)
+        out = self.project(vectors) + self.no_id
         if self.semantic is not None:
             codes = torch.from_numpy(assign_codes(vectors.numpy(), self.centroids.numpy()))
             out = out + self.semantic(codes + self.offsets).sum(1)
