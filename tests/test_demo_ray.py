@@ -65,17 +65,19 @@ def test_recommendations_from_the_trained_heads(run):
     assert stranger.rows and any("anonymous" in n for n in stranger.notes)
 
 
-def test_recommend_cli_json_and_clear_errors(run):
-    done = _recfm("recommend", "search", "--query", "pixar animation", "--user", "1", "--run", str(run), "--json")
-    assert done.returncode == 0, done.stderr
-    payload = json.loads(done.stdout)
+def test_recommend_cli_json_and_clear_errors(run, capsys):
+    bad = _recfm("recommend", "similars", "--item", "99999999", "--run", str(run))  # the installed command, once
+    assert bad.returncode == 2 and "unknown item 99999999" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    code, out, err = _cli(capsys, "recommend", "search", "--query", "pixar animation", "--user", "1", "--run",
+                          str(run), "--json")
+    assert code == 0, err
+    payload = json.loads(out)
     assert payload["task"] == "search" and len(payload["items"]) == 10
-    for args, message in ((["similars", "--item", "99999999"], "unknown item 99999999"),
-                          (["search", "--query", "  "], "search needs a non-empty query"),
+    for args, message in ((["search", "--query", "  "], "search needs a non-empty query"),
                           (["homepage", "--user", "1", "--hour", "25"], "hour must be 0..23")):
-        bad = _recfm("recommend", *args, "--run", str(run))
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+        code, _, err = _cli(capsys, "recommend", *args, "--run", str(run))
+        assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_student_is_tested_beside_its_teacher_and_the_baselines(run):

@@ -43,12 +43,14 @@ def ray_head():
         _wait_for_dashboard(url, head)
         yield url, env
     finally:
+        # cleanup, not a test of Ray's shutdown: after a job, `ray start --block` can take half a minute to
+        # follow SIGTERM, so it gets a few seconds before the whole session is killed
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        _stop_session(head.pid)
+        _stop_session(head.pid, grace=5.0)
         shutil.rmtree(temp, ignore_errors=True)
 
 
