@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean bench bench-quick
 
 install: $(STAMP)
 
@@ -24,6 +24,15 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q --durations=12
+
+# Benchmarks (not tests): figures as ratios against references measured in the same run; bench/results/.
+bench: install
+	$(PY) bench/scale.py
+	$(PY) bench/peers.py
+
+bench-quick: install  # the same comparisons at small scale, under 5 minutes; the last line is the throughput ratio
+	$(PY) bench/scale.py --quick
+	$(PY) bench/peers.py --quick
 
 lint: install
 	$(VENV)/bin/ruff check recfm tests bench

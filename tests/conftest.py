@@ -44,3 +44,17 @@ def require_beauty() -> Path:
     if not BEAUTY.exists():
         pytest.skip(f"Amazon Beauty is not at {BEAUTY} (it is read from ../shared/data, never bundled)")
     return BEAUTY
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the tests that train on it: a start costs ~10 s on 2 cores, and `train` leaves a Ray it
+    did not start running (each test still starts its own Ray Train workers)."""
+    import ray
+
+    from recfm.platform.config import TrainConfig
+    from recfm.platform.train.job import start_ray
+
+    start_ray(TrainConfig(workers=2), None)
+    yield
+    ray.shutdown()

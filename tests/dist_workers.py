@@ -19,19 +19,28 @@ def init_gloo(rank: int, world: int, port: int) -> None:
     warnings.filterwarnings("ignore")
 
 
-def shard_and_train(rank: int, world: int, port: int, prepared: str, item_sharding: str, out: str) -> None:
-    """Shards the model with `item_sharding` for the item table, trains a few steps, writes what it saw."""
+def shard_and_train(rank: int, world: int, port: int, prepared: str, item_shardings: list[str], out: str) -> None:
+    """For each of `item_shardings` (in one process group: the processes start once), shards a fresh model with
+    that sharding for the item table, trains a few steps and writes what it saw."""
+    from recfm.platform.data.dataset import Sequences
+
+    init_gloo(rank, world, port)
+    seqs = Sequences.load(prepared)
+    for item_sharding in item_shardings:
+        _shard_and_train(rank, world, seqs, item_sharding, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _shard_and_train(rank: int, world: int, seqs, item_sharding: str, out: str) -> None:
     from recfm.fm.batching import rows_from_arrays, training_batch
     from recfm.fm.config import ModelConfig, ObjectiveConfig, ShardingConfig
     from recfm.fm.distributed.sharding import local_rows, shard
     from recfm.fm.model import UserFoundationModel
     from recfm.fm.objectives import TrainingObjective
     from recfm.fm.tokens import EventTokenizer
-    from recfm.platform.data.dataset import Sequences
 
-    init_gloo(rank, world, port)
     torch.manual_seed(0)
-    seqs = Sequences.load(prepared)
     tokenizer = EventTokenizer.from_data(["all"], seqs.n_items, seqs.vocab, True, seqs.events["value"])
     cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=20, dropout=0.0, content=False)
     model = UserFoundationModel(cfg, tokenizer, mtp=2)
@@ -51,9 +60,7 @@ def shard_and_train(rank: int, world: int, port: int, prepared: str, item_shardi
         sharded.optimizer.step()
         losses.append(float(loss))
     dense = next(p for n, p in sharded.model.named_parameters() if "transformer.blocks.0.attn.qkv.weight" in n)
-    Path(out, f"rank{rank}.json").write_text(json.dumps({
+    Path(out, f"{item_sharding}-rank{rank}.json").write_text(json.dumps({
         "rows": local_rows(sharded.model), "losses": losses, "dense_sum": float(dense.detach().double().sum()),
         "items": seqs.n_items,
     }))
-    dist.barrier()
-    dist.destroy_process_group()

@@ -79,6 +79,18 @@ def test_attention_is_causal_and_windowed():
             assert not torch.allclose(out[0, 8 + window - 1], base[0, 8 + window - 1])
 
 
+@pytest.mark.parametrize("t, window", [(10, 3), (9, 3), (50, 7), (64, 16), (5, 1)])
+def test_blockwise_window_attention_equals_the_masked_dense_one(t, window):
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from recfm.fm.transformer import local_attention
+
+    q, k, v = torch.randn(3, 2, 3, t, 8, generator=torch.Generator().manual_seed(t)).unbind(0)
+    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]
+    dense = scaled_dot_product_attention(q, k, v, attn_mask=(distance >= 0) & (distance < window))
+    torch.testing.assert_close(local_attention(q, k, v, window), dense)
+
+
 def test_padding_does_not_change_a_users_vector():
     rows = _rows(2)
     model = _model()

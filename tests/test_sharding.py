@@ -31,11 +31,20 @@ def prepared(tmp_path_factory):
     return root / "prep"
 
 
-@pytest.mark.parametrize("item_sharding", ["row_wise", "table_wise", "column_wise"])
-def test_item_table_is_sharded_and_trains(item_sharding, prepared, tmp_path):
-    mp.spawn(shard_and_train, args=(2, free_port(), str(prepared), item_sharding, str(tmp_path)), nprocs=2,
-             join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+SHARDINGS = ["row_wise", "table_wise", "column_wise"]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """The 2 processes start once and train one model per sharding type (each start imports TorchRec)."""
+    out = tmp_path_factory.mktemp("sharded")
+    mp.spawn(shard_and_train, args=(2, free_port(), str(prepared), SHARDINGS, str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("item_sharding", SHARDINGS)
+def test_item_table_is_sharded_and_trains(item_sharding, trained):
+    ranks = [json.loads((trained / f"{item_sharding}-rank{r}.json").read_text()) for r in range(2)]
     items = ranks[0]["items"]
     rows = [r["rows"] for r in ranks]
     if item_sharding == "row_wise":  # each rank holds only its half of the rows

@@ -35,7 +35,7 @@ def _overrides(root: Path, run: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(synthetic: Path) -> Path:
+def reference(synthetic: Path, local_ray) -> Path:
     """An uninterrupted run: the figures a run that loses a worker must reach too."""
     run = synthetic / "reference"
     train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run)), log=lambda _: None)
@@ -60,12 +60,13 @@ def test_train_checkpoints_and_test_in_one_process(reference: Path):
     assert (reference / "tb").is_dir() and any((reference / "tb").iterdir())
 
 
-def _training_workers() -> list[psutil.Process]:
-    """This process's Ray Train workers (Ray names their processes after the actor class)."""
+def _training_workers(since: float) -> list[psutil.Process]:
+    """This process's Ray Train workers started after `since` (Ray names their processes after the actor class;
+    an earlier run's may still be exiting)."""
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "RayTrainWorker" in " ".join(child.cmdline()):
+            if child.create_time() >= since and "RayTrainWorker" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             continue
@@ -83,10 +84,11 @@ def _registered_checkpoint(storage: Path) -> int:
 
 def _kill_a_worker_after_a_checkpoint(storage: Path, killed: list, timeout: float = 600.0) -> None:
     """Once Ray Train has registered a checkpoint, SIGKILLs one training worker; records (pid, that epoch)."""
-    deadline = time.time() + timeout
+    started = time.time()
+    deadline = started + timeout
     while time.time() < deadline and not killed:
         epoch = _registered_checkpoint(storage)
-        workers = _training_workers() if epoch else []
+        workers = _training_workers(started) if epoch else []
         if workers:
             os.kill(workers[-1].pid, signal.SIGKILL)
             killed.append((workers[-1].pid, epoch))
@@ -94,7 +96,8 @@ def _kill_a_worker_after_a_checkpoint(storage: Path, killed: list, timeout: floa
         time.sleep(0.05)
 
 
-def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(synthetic: Path, reference: Path):
+def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(synthetic: Path, reference: Path,
+                                                                               local_ray):
     """Streaming its data from the Parquet shards (`train.stream_data`), as a cluster job on big data would."""
     run = synthetic / "killed"
     killed: list[tuple[int, int]] = []
@@ -123,7 +126,7 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     assert (run / "results.json").exists()
 
 
-def test_resume_continues_a_finished_run(reference: Path):
+def test_resume_continues_a_finished_run(reference: Path, local_ray):
     """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch."""
     before = _epochs(reference)
     train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}"]), resume=reference,
@@ -135,7 +138,7 @@ def test_resume_continues_a_finished_run(reference: Path):
     assert after[-1]["resumed_from"] == EPOCHS
 
 
-def test_streamed_windows_are_the_in_memory_windows(synthetic: Path, reference: Path):
+def test_streamed_windows_are_the_in_memory_windows(synthetic: Path, reference: Path, local_ray):
     """`train.stream_data` reads the shards through Ray Data: the same training rows as the in-memory table,
     for the training and the refit prefixes."""
     import pyarrow as pa
@@ -154,15 +157,11 @@ def test_streamed_windows_are_the_in_memory_windows(synthetic: Path, reference: 
         return sorted((u, n, tuple(items)) for u, n, items in zip(t["user"].to_pylist(), t["n_train"].to_pylist(),
                                                                  t["item"].to_pylist(), strict=True))
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        for refit in (False, True):
-            source = table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"]) \
-                if refit else table
-            expected = rows(training_windows(source, cfg.model.max_len))
-            streamed = streamed_training_windows(prepared, cfg.model.max_len, refit=refit).to_arrow_refs()
-            got = rows(pa.concat_tables(ray.get(streamed)))
-            assert len(expected) > 1000 and got == expected
-    finally:
-        ray.shutdown()
+    for refit in (False, True):
+        source = table.set_column(table.schema.get_field_index("n_train"), "n_train", table["n_fit"]) \
+            if refit else table
+        expected = rows(training_windows(source, cfg.model.max_len))
+        streamed = streamed_training_windows(prepared, cfg.model.max_len, refit=refit).to_arrow_refs()
+        got = rows(pa.concat_tables(ray.get(streamed)))
+        assert len(expected) > 1000 and got == expected
 

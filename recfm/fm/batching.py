@@ -29,6 +29,13 @@ class SequenceBatch:
     def size(self) -> int:
         return len(self.lengths)
 
+    def to(self, device: torch.device) -> SequenceBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return SequenceBatch({k: v.to(device, non_blocking=True) for k, v in self.features.items()},
+                             move(self.lengths), move(self.targets), move(self.next_action), move(self.next_gap))
+
 
 def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int,
                    mtp: int) -> SequenceBatch:

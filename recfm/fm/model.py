@@ -83,7 +83,7 @@ class UserFoundationModel(nn.Module):
         x = _pad(tokens, batch.lengths, max(int(batch.lengths.max()), 1) if batch.size else 1)
         hidden, layers = self.transformer(x, batch.lengths)
         last = (batch.lengths - 1).clamp(min=0)
-        rows = torch.arange(batch.size)
+        rows = torch.arange(batch.size, device=hidden.device)
         if self.cfg.user_repr == "layer_mean":
             user = self.transformer.norm(torch.stack([h[rows, last] for h in layers]).mean(0))
         else:
@@ -97,8 +97,9 @@ class UserFoundationModel(nn.Module):
 
     def _features(self, batch: SequenceBatch, candidates: torch.Tensor | None) -> KeyedJaggedTensor:
         """One KJT: every facet jagged by sequence length, plus the candidates, all in the first bag."""
-        cand = candidates if candidates is not None else torch.zeros(0, dtype=torch.int64)
-        cand_lengths = torch.zeros(batch.size, dtype=torch.int64)
+        device = batch.lengths.device
+        cand = candidates if candidates is not None else torch.zeros(0, dtype=torch.int64, device=device)
+        cand_lengths = torch.zeros(batch.size, dtype=torch.int64, device=device)
         if batch.size:
             cand_lengths[0] = len(cand)
         values = torch.cat([batch.features[name] for name in self.facets] + [cand])
@@ -123,9 +124,9 @@ def _pad(flat: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
     """Jagged [N, D] (users one after another) to right-padded [B, width, D]."""
     b, d = len(lengths), flat.shape[-1]
     starts = torch.cumsum(lengths, 0) - lengths
-    position = torch.arange(len(flat)) - torch.repeat_interleave(starts, lengths)
-    index = torch.repeat_interleave(torch.arange(b), lengths) * width + position
-    return torch.zeros(b * width, d, dtype=flat.dtype).index_copy(0, index, flat).view(b, width, d)
+    position = torch.arange(len(flat), device=flat.device) - torch.repeat_interleave(starts, lengths)
+    index = torch.repeat_interleave(torch.arange(b, device=flat.device), lengths) * width + position
+    return torch.zeros(b * width, d, dtype=flat.dtype, device=flat.device).index_copy(0, index, flat).view(b, width, d)
 
 
 def _normal_init(std: float):

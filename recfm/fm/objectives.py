@@ -30,9 +30,9 @@ def choose_candidates(targets: torch.Tensor, n_items: int, loss: str, negatives:
                       item_prob: torch.Tensor | None, generator: torch.Generator | None = None) -> Candidates:
     """The items each step scores: the whole catalog, or in-batch targets plus uniform negatives."""
     if loss == "full":
-        return Candidates(torch.arange(n_items), None)
+        return Candidates(torch.arange(n_items, device=targets.device), None)
     positives = targets[targets >= 0]
-    uniform = torch.randint(0, n_items, (negatives,), generator=generator)
+    uniform = torch.randint(0, n_items, (negatives,), generator=generator).to(targets.device)
     ids = torch.unique(torch.cat([positives, uniform]))
     logq = None
     if item_prob is not None:

@@ -2,7 +2,8 @@
 
 Right padding needs no key mask under causal attention: a real token only sees earlier positions, which
 are real too; what padded positions compute is never read. A sliding window limits each token to the
-previous `window` tokens, which keeps attention cost linear in sequence length for long histories.
+previous `window` tokens; it is computed blockwise (each block of `window` queries against its own and the
+previous block's keys), so attention costs O(T * window) rather than O(T^2) for long histories.
 """
 
 from __future__ import annotations
@@ -39,14 +40,41 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.out_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if window and window < t:
+            y = local_attention(q, k, v, window, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self.out_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention where query i sees keys i-window+1 .. i; q, k, v [B, H, T, D].
+
+    Blocks of `window` queries attend to their own block and the one before it (2 * window keys), masked to
+    the exact window, so the work is linear in T."""
+    b, h, t, d = q.shape
+    n = -(-t // window)
+    pad = n * window - t
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, pad)).view(b, h, n, window, d)
+
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
+    kk = torch.cat([F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1], kb], dim=3)  # [B, H, n, 2W, D]: previous + own
+    vv = torch.cat([F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1], vb], dim=3)
+    r = torch.arange(window, device=q.device)[:, None]  # query row in its block
+    s = torch.arange(2 * window, device=q.device)[None, :]  # key column: previous block, then own
+    mask = ((s > r) & (s <= r + window)).expand(n, window, 2 * window).clone()
+    mask[0, :, :window] = False  # the first block has no previous one
+    y = F.scaled_dot_product_attention(qb, kk, vv, attn_mask=mask, dropout_p=dropout_p)
+    return y.reshape(b, h, n * window, d)[:, :, :t]
 
 
 class Block(nn.Module):
@@ -58,8 +86,8 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim),
                                  nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
+    def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), window)
         return x + self.ffn(self.norm2(x))
 
 
@@ -86,17 +114,11 @@ class Transformer(nn.Module):
             # vector is read from always has position 0
             recency = (lengths[:, None] - 1 - torch.arange(t, device=x.device)[None, :]).clamp(min=0)
             x = x + self.positions(recency)
-        mask = self._window_mask(t, x.device) if self.window and self.window < t else None
         layers = []
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, self.window)
             layers.append(x)
         return self.norm(x), layers
-
-    def _window_mask(self, t: int, device: torch.device) -> torch.Tensor:
-        i = torch.arange(t, device=device)
-        distance = i[:, None] - i[None, :]
-        return (distance >= 0) & (distance < self.window)
 
 
 def _init(module: nn.Module) -> None:

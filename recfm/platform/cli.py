@@ -282,16 +282,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _heads_train(args: argparse.Namespace) -> None:
+    from recfm.platform.runtime import shutdown_ray_if_started
     from recfm.platform.train.heads import train_heads
 
     run, cfg = _run_and_config(args)
     print(to_yaml(cfg), end="")
-    try:
+    with shutdown_ray_if_started():
         train_heads(run, cfg, args.address, out_name=args.out)
-    finally:
-        import ray
-
-        ray.shutdown()
 
 
 def _run_and_config(args: argparse.Namespace) -> tuple[Path, RecfmConfig]:
@@ -306,16 +303,13 @@ def _run_and_config(args: argparse.Namespace) -> tuple[Path, RecfmConfig]:
 
 
 def _distill(args: argparse.Namespace) -> None:
+    from recfm.platform.runtime import shutdown_ray_if_started
     from recfm.platform.train.distill import distill
 
     run, cfg = _run_and_config(args)
     print(to_yaml(cfg), end="")
-    try:
+    with shutdown_ray_if_started():
         distill(run, cfg, args.address)
-    finally:
-        import ray
-
-        ray.shutdown()
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -331,21 +325,17 @@ def _push(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from recfm.platform.push import push_embeddings
-    from recfm.platform.runtime import configure_process
+    from recfm.platform.runtime import configure_process, shutdown_ray_if_started
 
     run, cfg = _run_and_config(args)
     store = replace(cfg.store, **{k: v for k, v in (("uri", args.store), ("collection", args.collection),
                                                     ("model", args.model)) if v})
     store.validate()
     configure_process(cfg.threads)
-    try:
+    with shutdown_ray_if_started():
         push_embeddings(run, store, args.version, args.address, progress=not args.no_progress,
                         new_items=Path(args.new_items) if args.new_items else None,
                         content_cache=Path(cfg.content.cache_dir))
-    finally:
-        import ray
-
-        ray.shutdown()
 
 
 def _embeddings(args: argparse.Namespace) -> None:

@@ -66,6 +66,10 @@ class EvalConfig:
     knn_shrinks: list[float] = field(default_factory=lambda: [0.0, 10.0, 100.0])
     batch_size: int = 1024
     val_targets: int = 5000  # validation targets the grids are tuned on (a fixed random subset; 0 = all)
+    # added to the FM's score of items it has no trained ID for (new titles, placed by their content): the
+    # largest of these whose validation NDCG@10 on the other items costs at most new_item_cost (relative)
+    new_item_boosts: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0])
+    new_item_cost: float = 0.02
     seed: int = 0  # tie-breaking order of the ranking
 
     def validate(self) -> None:
@@ -79,6 +83,8 @@ class EvalConfig:
             raise ConfigError("eval.ease_lambdas must be positive")
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size must be at least 1")
+        if not self.new_item_boosts or not 0 <= self.new_item_cost < 1:
+            raise ConfigError("eval.new_item_boosts needs at least one value, and eval.new_item_cost must be in [0, 1)")
 
 
 @dataclass

@@ -6,6 +6,8 @@ import ctypes
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -36,3 +38,17 @@ def configure_process(threads: int = 0, steady_heap: bool = False) -> None:
     for name in ("torchrec", "torch.fx._symbolic_trace", "fbgemm_gpu"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+@contextmanager
+def shutdown_ray_if_started() -> Iterator[None]:
+    """Shuts Ray down afterwards if it was not running before: a Ray the caller started (a notebook's, a test
+    session's) is left running for its next job."""
+    import ray
+
+    running = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not running:
+            ray.shutdown()

@@ -11,21 +11,38 @@ from recfm.platform.data.dataset import Sequences
 
 
 class FoundationScorer:
-    """Scores every item for a request from the history it was made with (the model is not refitted)."""
+    """Scores every item for a request from the history it was made with.
 
-    def __init__(self, model: UserFoundationModel, name: str = "recfm-FM", params: dict | None = None):
-        self.model, self.name, self._params = model.eval(), name, params or {}
+    With `val_model` (a time split's best checkpoint, trained before the validation cutoff), validation is scored
+    by it and the test by `model` (its refit on every event before the test cutoff), as a baseline is fitted
+    once per stage. `new_item_boost` is added to the score of every item the scoring model has no trained ID
+    for: items nobody had watched when it was trained, placed by their content alone. It is the log-odds prior
+    of a new title, tuned on validation like a baseline's parameter (there, the titles first seen after the
+    validation cutoff are the new ones)."""
+
+    def __init__(self, model: UserFoundationModel, name: str = "recfm-FM", params: dict | None = None,
+                 val_model: UserFoundationModel | None = None):
+        self.name, self._params = name, params or {}
+        self._models = {"test": model.eval(), "val": (val_model or model).eval()}
+        self.model = model
+        self.new_item_boost = 0.0
 
     def fit(self, seqs: Sequences, stage: str) -> None:
-        self.seqs = seqs
+        self.seqs, self.model = seqs, self._models[stage]
 
     def score(self, users: np.ndarray, prefixes: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.score_items(self._batch(users, prefixes))
+            scores = self.model.score_items(self._batch(users, prefixes))
+            content = getattr(self.model, "content", None)  # a distilled student has none
+            if self.new_item_boost and content is not None:
+                scores = scores + self.new_item_boost * (~content.has_id).to(scores.dtype)
+            return scores
 
     def _batch(self, users: np.ndarray, prefixes: np.ndarray) -> SequenceBatch:
         rows = rows_from_arrays(self.seqs.offsets, self.seqs.events, users)
         return inference_batch(rows, prefixes, self.model.tokenizer, self.model.cfg.max_len)
 
     def params(self) -> dict:
-        return self._params
+        if getattr(self.model, "content", None) is None:
+            return self._params
+        return {**self._params, "new_item_boost": self.new_item_boost}

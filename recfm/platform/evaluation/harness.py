@@ -28,14 +28,21 @@ class ModelResult:
     ranks: np.ndarray | None = None  # per test user, for paired comparisons; not written to JSON
 
 
-def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_size: int = 1024,
-             seed: int = 0, max_targets: int = 0) -> tuple[dict[str, float], np.ndarray]:
-    """Full-ranking metrics of a fitted scorer on `stage`'s requests (a fixed random `max_targets` of them, when
-    set); each request's history is excluded."""
+def evaluation_requests(seqs: Sequences, stage: str, seed: int = 0,
+                        max_targets: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`stage`'s (users, prefixes), or a fixed random `max_targets` of them when set."""
     users, prefixes = seqs.eval_requests(stage)
     if max_targets and len(users) > max_targets:
         chosen = np.sort(np.random.default_rng(seed).choice(len(users), max_targets, replace=False))
         users, prefixes = users[chosen], prefixes[chosen]
+    return users, prefixes
+
+
+def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_size: int = 1024,
+             seed: int = 0, max_targets: int = 0) -> tuple[dict[str, float], np.ndarray]:
+    """Full-ranking metrics of a fitted scorer on `stage`'s requests (a fixed random `max_targets` of them, when
+    set); each request's history is excluded."""
+    users, prefixes = evaluation_requests(seqs, stage, seed, max_targets)
     if len(users) == 0:
         raise ValueError(f"no users have a {stage} target: check the split")
     metrics = RankingMetrics(seqs.n_items, ks, seqs.item_counts(stage), seed=seed)

@@ -20,21 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
-from recfm.fm.model import build_model, model_spec
+from recfm.fm.model import UserFoundationModel, build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
 from recfm.fm.semantic_ids import fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.config import RecfmConfig, TrainConfig
+from recfm.platform.config import EvalConfig, RecfmConfig, TrainConfig
 from recfm.platform.data.content import ensure_content
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
 from recfm.platform.data.prepare import cold_items
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
-from recfm.platform.evaluation.harness import PROTOCOL_VERSION, ModelResult, run_baselines, tune_and_test
+from recfm.platform.evaluation.harness import (
+    PROTOCOL_VERSION,
+    ModelResult,
+    evaluate,
+    evaluation_requests,
+    run_baselines,
+    tune_and_test,
+)
+from recfm.platform.evaluation.metrics import rank_metrics
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.push import push_embeddings
 from recfm.platform.rundir import create_run_dir
-from recfm.platform.runtime import configure_process
+from recfm.platform.runtime import configure_process, shutdown_ray_if_started
 from recfm.platform.train.checkpoint import load_weights, read_state
 from recfm.platform.train.distill import distill
 from recfm.platform.train.heads import train_heads
@@ -70,7 +78,7 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
     spec = _model_spec(cfg, seqs, run_dir, resumed=resume is not None)
     log(f"training in {run_dir} ({cfg.train.workers} Ray workers)")
     started = time.perf_counter()
-    try:
+    with shutdown_ray_if_started():
         best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
         log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
         final = best
@@ -81,7 +89,7 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
         else:
             _link(run_dir / FINAL_LINK, best)
         results, notes = _baselines(seqs, cfg, log)
-        results.append(test_checkpoint(final, spec, cfg, seqs))
+        results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if final != best else None))
         log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
         if cfg.heads.enabled and seqs.info.split == "time":
             train_heads(run_dir, cfg, address, log)
@@ -92,10 +100,6 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
             export_trained(run_dir, "student", log=log)
         if cfg.store.push:
             push_embeddings(run_dir, cfg.store, address=address, progress=False, log=log)
-    finally:
-        import ray
-
-        ray.shutdown()
     return run_dir
 
 
@@ -211,16 +215,46 @@ def _last_stop(run_dir: Path) -> str:
     return json.loads(lines[-1]).get("stopped", "?") if lines else "?"
 
 
-def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences) -> ModelResult:
-    """The checkpoint, gathered into one process, through the same harness as the baselines."""
-    model = build_model(spec)
-    load_weights(checkpoint, TrainingObjective(model, cfg.objective))
+def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
+                    val_checkpoint: Path | None = None) -> ModelResult:
+    """The checkpoint, gathered into one process, through the same harness as the baselines: tuned on
+    validation with `val_checkpoint` (the model before its refit) where given, tested with `checkpoint`."""
+    model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
     state = read_state(checkpoint)
     params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
               "facets": len(model.facets)}
-    scorer = FoundationScorer(model, name="recfm-FM", params=params)
-    return tune_and_test(scorer, [], seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
+    scorer = FoundationScorer(model, name="recfm-FM", params=params, val_model=val_model)
+    grid = []
+    if model.content is not None:  # one value, chosen on validation by the rule below, then tested
+        grid = [{"new_item_boost": choose_new_item_boost(scorer, seqs, cfg.eval)}]
+    return tune_and_test(scorer, grid, seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
                          val_targets=cfg.eval.val_targets)
+
+
+def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig) -> float:
+    """The largest of `eval.new_item_boosts` whose validation NDCG@10 on targets the model had trained IDs for
+    stays within `eval.new_item_cost` (relative) of no boost: new titles get the exposure that price buys.
+    (Overall NDCG@10 would always answer "no boost": new titles are a minority of targets, and each one
+    lifted into a top 10 pushes out a better-known item.)"""
+    scorer.fit(seqs, "val")
+    users, prefixes = evaluation_requests(seqs, "val", e.seed, e.val_targets)
+    warm = scorer.model.content.has_id.numpy()[seqs.request_targets(users, prefixes)]
+    chosen, reference = 0.0, None
+    for boost in sorted(e.new_item_boosts):
+        scorer.new_item_boost = boost
+        ranks = evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[1]
+        value = rank_metrics(ranks[warm], [10])["NDCG@10"]
+        reference = value if reference is None else reference
+        if value >= (1 - e.new_item_cost) * reference:
+            chosen = boost
+    scorer.new_item_boost = 0.0
+    return chosen
+
+
+def _load_model(checkpoint: Path, spec: dict, cfg: RecfmConfig) -> UserFoundationModel:
+    model = build_model(spec)
+    load_weights(checkpoint, TrainingObjective(model, cfg.objective))
+    return model
 
 
 def cold_targets(seqs: Sequences) -> np.ndarray | None:
