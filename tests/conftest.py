@@ -46,10 +46,11 @@ def require_beauty() -> Path:
     return BEAUTY
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the tests that train on it: a start costs ~10 s on 2 cores, and `train` leaves a Ray it
-    did not start running (each test still starts its own Ray Train workers)."""
+    """One local Ray per test module that trains on it: a start costs ~10 s on 2 cores, and `train` leaves a Ray
+    it did not start running. Per module, not per session: a Ray left running beside the job-submission test's
+    own head kept that head's job agent from starting ("No available agent")."""
     import ray
 
     from recfm.platform.config import TrainConfig
