@@ -240,7 +240,7 @@ def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConf
     users, prefixes = evaluation_requests(seqs, "val", e.seed, e.val_targets)
     warm = scorer.model.content.has_id.numpy()[seqs.request_targets(users, prefixes)]
     chosen, reference = 0.0, None
-    for boost in sorted(e.new_item_boosts):
+    for boost in sorted({0.0, *e.new_item_boosts}):  # 0 first: the cost is measured against no boost
         scorer.new_item_boost = boost
         ranks = evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[1]
         value = rank_metrics(ranks[warm], [10])["NDCG@10"]
