@@ -16,7 +16,7 @@ batch 256, 2 threads), the same leave-one-out split and full ranking with the hi
    time), then its best-validation model is tested: NDCG@10 and HR@10.
 
 RecBole runs in its own virtual environment (`bench/recbole/setup.sh`: it pins numpy < 2, setuptools < 81 and
-asks for ray <= 2.6.3, none of which may reach recfm's). Writes `peers[-quick].json` and a PNG; the last line
+asks for ray <= 2.6.3, none of which may reach recfm's). Writes `peers[-quick].json`, `.md` and a PNG; the last line
 printed is the throughput ratio.
 """
 
@@ -105,6 +105,7 @@ def main() -> None:
     stem = Path(args.out) / ("peers-quick" if args.quick else "peers")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(result, stem)
+    stem.with_suffix(".md").write_text(summary(result) + "\n")
     print(summary(result))
     print(f"throughput ratio recfm / RecBole SASRec: {result['throughput_ratio']:.2f}x "
           f"({two['events_per_s']:,.0f} vs {rb['events_per_s']:,.0f} events/s)")
