@@ -127,11 +127,14 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
 
 
 def test_resume_continues_a_finished_run(reference: Path, local_ray):
-    """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch."""
+    """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch (here
+    under bf16 autocast, `train.bf16`, which a resume may switch on)."""
     before = _epochs(reference)
-    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}"]), resume=reference,
-          log=lambda _: None)
+    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}", "train.bf16=true"]),
+          resume=reference, log=lambda _: None)
     after = _epochs(reference)
+    # the bf16 epoch trained: a finite loss no worse than a little above the float32 epoch before it
+    assert 0 < after[-1]["train/loss"] < before[-1]["train/loss"] * 1.05
     assert [e["epoch"] for e in after] == list(range(1, EPOCHS + 2))
     # the step count an uninterrupted run of one more epoch reaches
     assert after[-1]["step"] == (EPOCHS + 1) * before[0]["step"]

@@ -105,6 +105,8 @@ class TrainConfig:
     refit_epochs: int = 3  # time split: before testing, continue the best checkpoint on every event before the
     # test cutoff for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
+    bf16: bool = False  # bf16 autocast of the training forward (CPUs with AVX-512 BF16, or CUDA); the softmax and
+    # the loss stay float32, validation and the test run in float32
     stream_data: bool = False  # read training windows from the Parquet shards through Ray Data every epoch
     # (bounded memory, for data larger than memory) instead of from one in-memory table (faster for small data)
     seed: int = 0

@@ -120,7 +120,8 @@ def _train_epoch(training: ShardedTraining, batches, state: TrainState, cfg: Rec
         for group in training.dense_optimizer.param_groups:
             group["lr"] = lr
         training.optimizer.zero_grad()  # first: it also hands the fused kernels their learning rate
-        loss, parts = training.model(batch)
+        with torch.autocast("cuda" if cfg.train.use_gpu else "cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            loss, parts = training.model(batch)
         loss.backward()
         training.optimizer.step()
         state.step += 1
