@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ SAME_SIZE = ["model.dim=64", "model.layers=2", "model.heads=2", "model.ffn_mult=
 
 def recfm_run(out: Path, label: str, overrides: list[str]) -> dict:
     run = out / "runs" / label
+    shutil.rmtree(run, ignore_errors=True)  # a scratch run of an earlier benchmark: recfm refuses to overwrite it
     cmd = [*RECFM, "train", str(ROOT / "configs" / "beauty.yaml"), *SAME_SIZE, *overrides, f"run_dir={run}"]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
