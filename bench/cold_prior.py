@@ -29,7 +29,8 @@ from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
 from recfm.platform.data.prepare import cold_items
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
-from recfm.platform.evaluation.harness import evaluation_requests
+from recfm.platform.evaluation.harness import evaluation_requests, masked_scores
+from recfm.platform.evaluation.metrics import RankingMetrics, rank_metrics, target_ranks
 from recfm.platform.train.job import _load_model
 
 CHUNK = 2048
@@ -40,26 +41,15 @@ def scored(scorer: FoundationScorer, seqs: Sequences, stage: str, seed: int, max
     scorer.fit(seqs, stage)
     users, prefixes = evaluation_requests(seqs, stage, seed, max_targets)
     out = torch.empty(len(users), seqs.n_items)
-    for s in range(0, len(users), CHUNK):
-        scores = scorer.score(users[s:s + CHUNK], prefixes[s:s + CHUNK]).float().clone()
-        seen = seqs.request_history(users[s:s + CHUNK], prefixes[s:s + CHUNK]).tocoo()
-        scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = -torch.inf
-        out[s:s + CHUNK] = scores
+    for start, scores in masked_scores(scorer, seqs, users, prefixes, CHUNK):
+        out[start:start + len(scores)] = scores
     return out, torch.from_numpy(seqs.request_targets(users, prefixes).astype(np.int64))
 
 
-def ranks(scores: torch.Tensor, targets: torch.Tensor, lift: torch.Tensor) -> np.ndarray:
-    """0-based rank of each target once `lift` [items] is added to every row."""
-    out = torch.empty(len(targets), dtype=torch.int64)
-    for s in range(0, len(targets), CHUNK):
-        x = scores[s:s + CHUNK] + lift
-        own = x[torch.arange(len(x)), targets[s:s + CHUNK]]
-        out[s:s + CHUNK] = (x > own[:, None]).sum(1)
-    return out.numpy()
-
-
-def ndcg(r: np.ndarray, k: int) -> float:
-    return float(np.where(r < k, 1 / np.log2(r + 2), 0.0).mean()) if len(r) else 0.0
+def ranks(scores: torch.Tensor, targets: torch.Tensor, lift: torch.Tensor, tie_order: torch.Tensor) -> np.ndarray:
+    """0-based rank of each target once `lift` [items] is added to every row (ties broken as the harness does)."""
+    return torch.cat([target_ranks(scores[s:s + CHUNK] + lift, targets[s:s + CHUNK], tie_order)
+                      for s in range(0, len(targets), CHUNK)]).numpy()
 
 
 def matched(scores: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -104,25 +94,27 @@ def main() -> None:
     final, best = (_load_model(run / name, spec, cfg) for name in ("final_checkpoint", "best_checkpoint"))
     scorer = FoundationScorer(final, val_model=best)
     vectors = np.load(run / "item_content.npz")["vectors"]
-    with torch.no_grad():
-        val = scored(scorer, seqs, "val", cfg.eval.seed, cfg.eval.val_targets)
-        test = scored(scorer, seqs, "test", cfg.eval.seed, 0)
+    val = scored(scorer, seqs, "val", cfg.eval.seed, cfg.eval.val_targets)
+    test = scored(scorer, seqs, "test", cfg.eval.seed, 0)
     known = {"val": best.content.has_id.numpy(), "test": final.content.has_id.numpy()}
     warm_val = known["val"][val[1].numpy()]
     cold = np.isin(test[1].numpy(), cold_items(seqs.directory))
     new = {stage: torch.from_numpy(~k) for stage, k in known.items()}
-    reference = ndcg(ranks(*val, torch.zeros(seqs.n_items))[warm_val], 10)
+    # the harness's tie order (a fixed random permutation of the items, seeded by eval.seed)
+    tie_order = RankingMetrics(seqs.n_items, [10], np.zeros(seqs.n_items), seed=cfg.eval.seed).tie_order
+    reference = rank_metrics(ranks(*val, torch.zeros(seqs.n_items), tie_order)[warm_val], [10])["NDCG@10"]
     print(f"validation NDCG@10 on known-item targets with no lift: {reference:.4f}; test: {len(cold):,} targets, "
           f"{int(cold.sum()):,} on cold items\n")
     print("| lift | validation NDCG@10, known | vs no lift | test warm NDCG@10 | test cold HR@50 | test cold NDCG@50 |")
     print("|---|---:|---:|---:|---:|---:|")
 
     def row(label: str, lifts: dict, val_scores=val, test_scores=test) -> None:
-        rv = ranks(*val_scores, lifts["val"].float())
-        rt = ranks(*test_scores, lifts["test"].float())
-        v = ndcg(rv[warm_val], 10)
-        print(f"| {label} | {v:.4f} | {v / reference - 1:+.1%} | {ndcg(rt[~cold], 10):.4f} | "
-              f"{float((rt[cold] < 50).mean()):.4f} | {ndcg(rt[cold], 50):.4f} |", flush=True)
+        rv = ranks(*val_scores, lifts["val"].float(), tie_order)
+        rt = ranks(*test_scores, lifts["test"].float(), tie_order)
+        v = rank_metrics(rv[warm_val], [10])["NDCG@10"]
+        warm, cold_m = rank_metrics(rt[~cold], [10]), rank_metrics(rt[cold], [50])
+        print(f"| {label} | {v:.4f} | {v / reference - 1:+.1%} | {warm['NDCG@10']:.4f} | "
+              f"{cold_m['HR@50']:.4f} | {cold_m['NDCG@50']:.4f} |", flush=True)
 
     for b in (0.0, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0):
         row(f"constant {b:g}", {s: new[s] * b for s in new})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,14 @@ def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_s
         raise ValueError(f"no users have a {stage} target: check the split")
     metrics = RankingMetrics(seqs.n_items, ks, seqs.item_counts(stage), seed=seed)
     targets = torch.from_numpy(seqs.request_targets(users, prefixes).astype(np.int64))
+    for start, scores in masked_scores(scorer, seqs, users, prefixes, batch_size):
+        metrics.add(scores, targets[start:start + batch_size])
+    return metrics.result(), metrics.all_ranks()
+
+
+def masked_scores(scorer: Scorer, seqs: Sequences, users: np.ndarray, prefixes: np.ndarray,
+                  batch_size: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first request, float32 scores [batch, items]) per batch of requests, each request's history at -inf."""
     with torch.no_grad():
         for start in range(0, len(users), batch_size):
             batch, known = users[start:start + batch_size], prefixes[start:start + batch_size]
@@ -54,8 +63,7 @@ def evaluate(scorer: Scorer, seqs: Sequences, stage: str, ks: list[int], batch_s
             seen = seqs.request_history(batch, known).tocoo()
             scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = (
                 -torch.inf)
-            metrics.add(scores, targets[start:start + batch_size])
-    return metrics.result(), metrics.all_ranks()
+            yield start, scores
 
 
 def tune_and_test(scorer: Scorer, grid: list[dict], seqs: Sequences, ks: list[int], batch_size: int = 1024,
