@@ -42,8 +42,11 @@ def _shard_and_train(rank: int, world: int, seqs, item_sharding: str, out: str) 
 
     torch.manual_seed(0)
     tokenizer = EventTokenizer.from_data(["all"], seqs.n_items, seqs.vocab, True, seqs.events["value"])
-    cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=20, dropout=0.0, content=False)
+    # with item content: IDs dropped in training are borrowed from text neighbours, looked up across the shards
+    cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=20, dropout=0.0, content=True, content_dim=8)
     model = UserFoundationModel(cfg, tokenizer, mtp=2)
+    vectors = np.random.default_rng(0).normal(size=(seqs.n_items, 8)).astype(np.float32)
+    model.content.load(vectors, np.ones(seqs.n_items, dtype=bool), None)
     objective = TrainingObjective(model, ObjectiveConfig(mtp=2), seed=rank)
     sharded = shard(objective, model.embeddings, tokenizer.names, ShardingConfig(item=item_sharding, sparse_lr=0.1),
                     lr=3e-3, weight_decay=0.0, device=torch.device("cpu"))

@@ -86,14 +86,16 @@ def test_residual_kmeans_codes_share_prefixes_within_clusters():
 HOUR = 3600
 
 
-def _content_model(id_dropout: float = 0.5, levels: int = 2) -> UserFoundationModel:
+def _content_model(id_dropout: float = 0.5, levels: int = 2, neighbours: int = 10,
+                   vectors: np.ndarray | None = None) -> UserFoundationModel:
     tokenizer = EventTokenizer([Facet("item", 30), Facet("hour", 24)], 32, None)
     cfg = ModelConfig(dim=16, heads=2, layers=1, max_len=8, dropout=0.0, content=True, content_dim=12,
-                      id_dropout=id_dropout, semantic_levels=levels, semantic_codes=4)
+                      id_dropout=id_dropout, semantic_levels=levels, semantic_codes=4,
+                      new_item_neighbours=neighbours)
     torch.manual_seed(0)
     model = UserFoundationModel(cfg, tokenizer)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(30, 12)).astype(np.float32)
+    if vectors is None:
+        vectors = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
     has_id = np.arange(30) < 25  # items 25..29 are cold: no training events
     model.content.load(vectors, has_id, fit_residual_kmeans(vectors, levels, 4) if levels else None)
     return model
@@ -104,20 +106,62 @@ def _rows(items: list[int]) -> dict[str, list[np.ndarray]]:
             "value": [np.full(len(items), np.nan, np.float32)]}
 
 
-def test_a_cold_item_is_its_content_alone_and_a_warm_one_adds_its_id():
+def test_a_cold_item_borrows_an_id_and_a_warm_one_has_its_own():
     model = _content_model().eval()
     ids = model.embeddings.embeddings["t_item"].weight
     with torch.no_grad():
         table = model.item_table()
-        content = model.content.from_content(model.content.vectors)
-    assert torch.allclose(table[25:], content[25:], atol=1e-6)  # cold: what a title added later would get
-    assert torch.allclose(table[:25], content[:25] - model.content.no_id + ids[:25], atol=1e-6)
+        new_titles = model.items_from_content(model.content.vectors)
+        own = model.content(torch.arange(25), ids[:25], torch.zeros(25, dtype=torch.bool), None)
+    assert torch.allclose(table[25:], new_titles[25:], atol=1e-6)  # cold: what a title added later would get
+    assert torch.allclose(table[:25], own, atol=1e-6)
     # the history reads the same vectors as the catalog scored
     with torch.no_grad():
         a = model(inference_batch(_rows([3, 27, 5]), np.array([3]), model.tokenizer, 8)).user
         model.content.vectors[27] += 1.0  # change the cold item's text: the user vector follows
         b = model(inference_batch(_rows([3, 27, 5]), np.array([3]), model.tokenizer, 8)).user
     assert not torch.allclose(a, b)
+
+
+def test_the_id_is_borrowed_from_the_items_with_the_nearest_text():
+    vectors = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
+    vectors[27] = vectors[3]  # a cold title that reads exactly like warm item 3
+    model = _content_model(neighbours=1, levels=0, vectors=vectors).eval()
+    ids = model.embeddings.embeddings["t_item"].weight
+    with torch.no_grad():
+        table = model.item_table()
+    torch.testing.assert_close(table[27], table[3])  # same text, and item 3's ID
+    # with more neighbours, a softmax over their cosines: the identical text dominates at a low temperature
+    model = _content_model(neighbours=5, levels=0, vectors=vectors).eval()
+    with torch.no_grad():
+        table, ids = model.item_table(), model.embeddings.embeddings["t_item"].weight
+        warm = torch.nn.functional.normalize(model.content.vectors[:25], dim=-1)
+        cosine = warm @ torch.nn.functional.normalize(model.content.vectors[27], dim=-1)
+        top = cosine.topk(5)
+        expected = (torch.softmax(top.values / 0.05, 0)[:, None] * ids[top.indices]).sum(0)
+    torch.testing.assert_close(table[27] - model.content.project(model.content.vectors[27]), expected)
+    # and with borrowing off, every cold item gets the one learned "no ID" vector
+    model = _content_model(neighbours=0, levels=0, vectors=vectors).eval()
+    with torch.no_grad():
+        table = model.item_table()
+        content = model.content.project(model.content.vectors)
+    torch.testing.assert_close(table[25:] - content[25:], model.content.no_id.expand(5, -1))
+
+
+def test_a_dropped_id_is_borrowed_in_training_and_its_lender_learns():
+    vectors = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
+    vectors[4] = vectors[3]  # warm items 3 and 4 read alike: each other's nearest
+    model = _content_model(id_dropout=0.99, neighbours=1, levels=0, vectors=vectors).train()
+    ids = model.embeddings.embeddings["t_item"].weight
+    batch = training_batch(_rows([1, 2, 3, 5, 6, 7, 8, 9]), np.array([8]), model.tokenizer, 8, 1)
+    torch.manual_seed(0)
+    out = model(batch, torch.tensor([3]))
+    with torch.no_grad():
+        expected = ids[4] + model.content.project(model.content.vectors[3])
+    torch.testing.assert_close(out.candidate_emb[0], expected)  # item 3 dropped (p=0.99), item 4's ID in its place
+    (out.hidden[0, :-1] @ out.candidate_emb.T).sum().backward()
+    grad = ids.grad.to_dense() if ids.grad.is_sparse else ids.grad
+    assert grad[4].abs().sum() > 0
 
 
 def test_id_dropout_acts_in_training_only():
@@ -140,7 +184,10 @@ def test_content_parts_learn(levels):
     loss = (out.hidden[0, :-1] @ out.candidate_emb.T).logsumexp(-1).mean()
     loss.backward()
     assert model.content.project.weight.grad.abs().sum() > 0
-    assert model.content.no_id.grad.abs().sum() > 0  # cold items 26 and 28 are in the batch
+    ids = model.embeddings.embeddings["t_item"].weight
+    lenders = model.content.neighbour_ids(torch.tensor([26, 28]))  # cold items 26 and 28 are in the batch
+    grad = ids.grad.to_dense() if ids.grad.is_sparse else ids.grad
+    assert grad[lenders].abs().sum() > 0
     if levels:
         assert model.content.semantic.weight.grad.abs().sum() > 0
 

@@ -255,7 +255,7 @@ def test_titles_added_after_training_are_pushed_through_the_content_path(run, tm
                        [["Adventure", "Animation", "Children"], ["Crime"]], [[], []])
     vectors, _ = ContentCache(trained.cfg.content.cache_dir).encode(texts, progress=False, log=lambda _: None)
     with torch.no_grad():
-        expected = fm.content.from_content(torch.from_numpy(vectors)).numpy()
+        expected = fm.items_from_content(torch.from_numpy(vectors)).numpy()
     with open_store(str(tmp_path / "store")) as s:
         snap = s.snapshot()
         assert snap.count("item") == trained.sequences.n_items + 2  # "1" keeps its trained vector, once

@@ -42,6 +42,9 @@ class ModelConfig:
     id_dropout: float = 0.2
     semantic_levels: int = 0  # residual k-means levels of semantic IDs (0 = none; needs content)
     semantic_codes: int = 64  # codes per level
+    # scoring and serving: an item with no trained ID borrows one from the items with the nearest text
+    new_item_neighbours: int = 10  # how many (0 = the learned "no ID" vector instead)
+    new_item_temperature: float = 0.05  # softmax temperature over their cosine similarities
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -57,6 +60,8 @@ class ModelConfig:
             raise ModelConfigError("model: max_len >= 2, layers >= 1, window >= 0, 0 <= dropout < 1")
         if not 0 <= self.id_dropout < 1 or self.semantic_levels < 0 or self.semantic_codes < 2:
             raise ModelConfigError("model: 0 <= id_dropout < 1, semantic_levels >= 0, semantic_codes >= 2")
+        if self.new_item_neighbours < 0 or not self.new_item_temperature > 0:
+            raise ModelConfigError("model: new_item_neighbours >= 0, new_item_temperature > 0")
         if self.semantic_levels and not self.content:
             raise ModelConfigError("model.semantic_levels needs model.content=true (codes come from content)")
         if "item" not in self.facets and "all" not in self.facets:

@@ -11,7 +11,9 @@ the same for the items of the history, the candidates and the catalog scored.
 
 The item table also serves the feature "candidate": the items a step scores are looked up through the same
 (sharded) table as the history, so the output layer is tied to the input embeddings and no rank ever needs
-the whole table. The model knows nothing of processes: `recfm.fm.distributed` shards it after it is built.
+the whole table; likewise the feature "borrowed", the ID embeddings that items without their own borrow from
+their content neighbours (`recfm.fm.content`). The model knows nothing of processes: `recfm.fm.distributed`
+shards it after it is built.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from recfm.fm.tokens import EventTokenizer
 from recfm.fm.transformer import Transformer
 
 CANDIDATE = "candidate"
+BORROWED = "borrowed"  # the items whose ID embeddings items without their own borrow (`recfm.fm.content`)
 
 
 def table_name(facet: str) -> str:
@@ -50,12 +53,13 @@ class UserFoundationModel(nn.Module):
         self.facets = tokenizer.names
         self.n_items = next(f.size for f in tokenizer.facets if f.name == "item")
         tables = [EmbeddingConfig(name=table_name(f.name), embedding_dim=cfg.dim, num_embeddings=f.size,
-                                  feature_names=[f.name, CANDIDATE] if f.name == "item" else [f.name],
+                                  feature_names=[f.name, CANDIDATE, BORROWED] if f.name == "item" else [f.name],
                                   init_fn=_normal_init(cfg.item_init_std))
                   for f in tokenizer.facets]
         self.embeddings = EmbeddingCollection(tables=tables, device=device or torch.device("cpu"))
         self.content = ItemContent(self.n_items, cfg.content_dim, cfg.dim, cfg.semantic_levels, cfg.semantic_codes,
-                                   cfg.id_dropout) if cfg.content else None
+                                   cfg.id_dropout, cfg.new_item_neighbours, cfg.new_item_temperature
+                                   ) if cfg.content else None
         self.project = nn.Linear(len(self.facets) * cfg.dim, cfg.dim) if cfg.combine == "concat" else None
         self.token_norm = nn.LayerNorm(cfg.dim)
         self.token_dropout = nn.Dropout(cfg.dropout)
@@ -72,8 +76,18 @@ class UserFoundationModel(nn.Module):
         self.gap_head = nn.Linear(cfg.dim, sizes["gap"]) if gap_head and "gap" in sizes else None
 
     def forward(self, batch: SequenceBatch, candidates: torch.Tensor | None = None) -> ModelOutput:
-        embedded = self.embeddings(self._features(batch, candidates))
-        per_facet = [self._items(batch.features[name], embedded[name].values()) if name == "item"
+        history = batch.features["item"]
+        cand = candidates if candidates is not None else history.new_zeros(0)
+        # decided before the lookup: which items go without their own ID (no trained one, or dropped in training),
+        # so that the IDs they borrow are looked up with the rest
+        if self.content is not None:
+            missing = (self.content.missing(history), self.content.missing(cand))
+            lenders = (self.content.neighbour_ids(history[missing[0]]), self.content.neighbour_ids(cand[missing[1]]))
+        else:
+            missing, lenders = (None, None), (cand[:0], cand[:0])
+        embedded = self.embeddings(self._features(batch, cand, torch.cat(lenders)))
+        lent = embedded[BORROWED].values().split([len(ids) for ids in lenders])
+        per_facet = [self._items(history, embedded[name].values(), missing[0], lent[0]) if name == "item"
                      else embedded[name].values() for name in self.facets]
         if self.project is not None:
             tokens = self.project(torch.cat(per_facet, dim=-1))
@@ -88,31 +102,47 @@ class UserFoundationModel(nn.Module):
             user = self.transformer.norm(torch.stack([h[rows, last] for h in layers]).mean(0))
         else:
             user = hidden[rows, last]
-        cand = self._items(candidates, embedded[CANDIDATE].values()) if candidates is not None else None
-        return ModelOutput(hidden, user, cand)
+        out = None
+        if candidates is not None:
+            out = self._items(candidates, embedded[CANDIDATE].values(), missing[1], lent[1])
+        return ModelOutput(hidden, user, out)
 
     def query(self, hidden: torch.Tensor, offset: int) -> torch.Tensor:
         """The vector scored against item embeddings to predict the item `offset` steps ahead."""
         return hidden if offset == 1 else hidden + self.offset_heads[offset - 2](hidden)
 
-    def _features(self, batch: SequenceBatch, candidates: torch.Tensor | None) -> KeyedJaggedTensor:
-        """One KJT: every facet jagged by sequence length, plus the candidates, all in the first bag."""
+    def _features(self, batch: SequenceBatch, candidates: torch.Tensor,
+                  borrowed: torch.Tensor) -> KeyedJaggedTensor:
+        """One KJT: every facet jagged by sequence length, plus the candidates and the borrowed IDs, each all in the
+        first bag."""
         device = batch.lengths.device
-        cand = candidates if candidates is not None else torch.zeros(0, dtype=torch.int64, device=device)
-        cand_lengths = torch.zeros(batch.size, dtype=torch.int64, device=device)
+        extra = [candidates, borrowed]
+        extra_lengths = [torch.zeros(batch.size, dtype=torch.int64, device=device) for _ in extra]
         if batch.size:
-            cand_lengths[0] = len(cand)
-        values = torch.cat([batch.features[name] for name in self.facets] + [cand])
-        lengths = torch.cat([batch.lengths.to(torch.int64)] * len(self.facets) + [cand_lengths])
-        return KeyedJaggedTensor(keys=[*self.facets, CANDIDATE], values=values, lengths=lengths)
+            for lengths, values in zip(extra_lengths, extra, strict=True):
+                lengths[0] = len(values)
+        values = torch.cat([batch.features[name] for name in self.facets] + extra)
+        lengths = torch.cat([batch.lengths.to(torch.int64)] * len(self.facets) + extra_lengths)
+        return KeyedJaggedTensor(keys=[*self.facets, CANDIDATE, BORROWED], values=values, lengths=lengths)
 
-    def _items(self, ids: torch.Tensor, id_embeddings: torch.Tensor) -> torch.Tensor:
-        return id_embeddings if self.content is None else self.content(ids, id_embeddings)
+    def _items(self, ids: torch.Tensor, id_embeddings: torch.Tensor, missing: torch.Tensor | None,
+               borrowed_from: torch.Tensor | None) -> torch.Tensor:
+        return id_embeddings if self.content is None else self.content(ids, id_embeddings, missing, borrowed_from)
+
+    def items_from_content(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors of titles the model never saw, from their content vectors alone (unsharded model only)."""
+        if self.content is None:
+            raise ValueError("this model has no content path (model.content=false)")
+        return self.content.from_content(vectors, self.embeddings.embeddings[table_name("item")].weight)
 
     def item_table(self) -> torch.Tensor:
         """Every catalog item's vector, for scoring the catalog (unsharded model only)."""
         weight = self.embeddings.embeddings[table_name("item")].weight
-        return self._items(torch.arange(self.n_items, device=weight.device), weight)
+        ids = torch.arange(self.n_items, device=weight.device)
+        if self.content is None:
+            return weight
+        missing = self.content.missing(ids)
+        return self._items(ids, weight, missing, weight[self.content.neighbour_ids(ids[missing])])
 
     def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """Scores of every catalog item for each user in `batch` [B, items] (unsharded model only)."""

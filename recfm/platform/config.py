@@ -67,7 +67,8 @@ class EvalConfig:
     batch_size: int = 1024
     val_targets: int = 5000  # validation targets the grids are tuned on (a fixed random subset; 0 = all)
     # added to the FM's score of items it has no trained ID for (new titles, placed by their content): the
-    # largest of these whose validation NDCG@10 on the other items costs at most new_item_cost (relative)
+    # largest of these at which the FM's validation NDCG@10 on known items stays >= the best baseline's there
+    # (with no baselines: costs at most new_item_cost, relative, against no boost)
     new_item_boosts: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0])
     new_item_cost: float = 0.02
     seed: int = 0  # tie-breaking order of the ranking

@@ -93,7 +93,7 @@ class RunEmbeddings:
             raise ValueError(f"new items need the content path: {self.model_kind} of {self.run.directory.name} "
                              f"has none (train with model.content=true, and push the teacher)")
         vectors, _ = ContentCache(cache_dir).encode(texts, progress=False)
-        return self.foundation.content.from_content(torch.from_numpy(vectors)).float().numpy()
+        return self.foundation.items_from_content(torch.from_numpy(vectors)).float().numpy()
 
     def metadata(self, chunk_rows: int) -> dict:
         """What identifies a version's content: a resumed push must agree on all of it."""

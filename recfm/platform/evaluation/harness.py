@@ -27,6 +27,7 @@ class ModelResult:
     val_metric: float | None = None  # SELECTION_METRIC on validation, for the chosen params
     seconds: float = 0.0  # tuning, fitting and evaluating
     ranks: np.ndarray | None = None  # per test user, for paired comparisons; not written to JSON
+    val_ranks: np.ndarray | None = None  # per validation request, for the chosen params; not written to JSON
 
 
 def evaluation_requests(seqs: Sequences, stage: str, seed: int = 0,
@@ -70,21 +71,23 @@ def tune_and_test(scorer: Scorer, grid: list[dict], seqs: Sequences, ks: list[in
                   seed: int = 0, log=print, val_targets: int = 0) -> ModelResult:
     """Picks the grid point with the best validation NDCG@10, refits on the test stage, and tests."""
     start = time.perf_counter()
-    best, best_value = {}, None
+    best, best_value, val_ranks = {}, None, None
     for point in grid or [{}]:
         for key, value in point.items():
             setattr(scorer, key, value)
         scorer.fit(seqs, "val")
-        value = evaluate(scorer, seqs, "val", [10], batch_size, seed, val_targets)[0][SELECTION_METRIC]
+        val_metrics, point_ranks = evaluate(scorer, seqs, "val", [10], batch_size, seed, val_targets)
+        value = val_metrics[SELECTION_METRIC]
         if len(grid) > 1:
             log(f"  {scorer.name} {point}: validation {SELECTION_METRIC} {value:.4f}")
         if best_value is None or value > best_value:
-            best, best_value = point, value
+            best, best_value, val_ranks = point, value, point_ranks
     for key, value in best.items():
         setattr(scorer, key, value)
     scorer.fit(seqs, "test")
     metrics, ranks = evaluate(scorer, seqs, "test", ks, batch_size, seed)
-    return ModelResult(scorer.name, metrics, scorer.params(), best_value, time.perf_counter() - start, ranks)
+    return ModelResult(scorer.name, metrics, scorer.params(), best_value, time.perf_counter() - start, ranks,
+                       val_ranks)
 
 
 def baseline_scorers(ease_lambdas: list[float], knn_neighbors: list[int],

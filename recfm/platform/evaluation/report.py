@@ -71,7 +71,7 @@ def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks:
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": asdict(info) | {"params": None},
-        "models": [{k: v for k, v in asdict(r).items() if k != "ranks"} for r in results],
+        "models": [{k: v for k, v in asdict(r).items() if k not in ("ranks", "val_ranks")} for r in results],
         "notes": notes or [],
         "warm_cold": subsets,
     }

@@ -89,7 +89,8 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
         else:
             _link(run_dir / FINAL_LINK, best)
         results, notes = _baselines(seqs, cfg, log)
-        results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if final != best else None))
+        results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if final != best else None,
+                                       baselines=results))
         log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
         if cfg.heads.enabled and seqs.info.split == "time":
             train_heads(run_dir, cfg, address, log)
@@ -216,9 +217,10 @@ def _last_stop(run_dir: Path) -> str:
 
 
 def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
-                    val_checkpoint: Path | None = None) -> ModelResult:
+                    val_checkpoint: Path | None = None, baselines: list[ModelResult] = ()) -> ModelResult:
     """The checkpoint, gathered into one process, through the same harness as the baselines: tuned on
-    validation with `val_checkpoint` (the model before its refit) where given, tested with `checkpoint`."""
+    validation with `val_checkpoint` (the model before its refit) where given, tested with `checkpoint`
+    (`baselines`: their rows, whose validation ranks bound the new-item prior)."""
     model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
     state = read_state(checkpoint)
     params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
@@ -226,26 +228,30 @@ def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequen
     scorer = FoundationScorer(model, name="recfm-FM", params=params, val_model=val_model)
     grid = []
     if model.content is not None:  # one value, chosen on validation by the rule below, then tested
-        grid = [{"new_item_boost": choose_new_item_boost(scorer, seqs, cfg.eval)}]
+        grid = [{"new_item_boost": choose_new_item_boost(scorer, seqs, cfg.eval, baselines)}]
     return tune_and_test(scorer, grid, seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
                          val_targets=cfg.eval.val_targets)
 
 
-def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig) -> float:
-    """The largest of `eval.new_item_boosts` whose validation NDCG@10 on targets the model had trained IDs for
-    stays within `eval.new_item_cost` (relative) of no boost: new titles get the exposure that price buys.
-    (Overall NDCG@10 would always answer "no boost": new titles are a minority of targets, and each one
-    lifted into a top 10 pushes out a better-known item.)"""
+def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig,
+                          baselines: list[ModelResult] = ()) -> float:
+    """The largest of `eval.new_item_boosts` at which the FM, on the validation targets it had trained IDs for,
+    still ranks at least as well as the best baseline there (NDCG@10, same requests): new titles get all the
+    exposure the FM's lead over the baselines buys, never at the price of falling below one. With no baseline
+    ranks to compare with, those costing at most `eval.new_item_cost` (relative) on those targets. (Overall
+    NDCG@10 would always answer "no boost": new titles are a minority of targets, and each one lifted into a
+    top 10 pushes out a better-known item.)"""
     scorer.fit(seqs, "val")
     users, prefixes = evaluation_requests(seqs, "val", e.seed, e.val_targets)
     warm = scorer.model.content.has_id.numpy()[seqs.request_targets(users, prefixes)]
-    chosen, reference = 0.0, None
-    for boost in sorted({0.0, *e.new_item_boosts}):  # 0 first: the cost is measured against no boost
+    floors = [rank_metrics(b.val_ranks[warm], [10])["NDCG@10"] for b in baselines if b.val_ranks is not None]
+    chosen, floor = 0.0, max(floors) if floors else None
+    for boost in sorted({0.0, *e.new_item_boosts}):  # 0 first: with no baseline, the cost is against it
         scorer.new_item_boost = boost
         ranks = evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[1]
         value = rank_metrics(ranks[warm], [10])["NDCG@10"]
-        reference = value if reference is None else reference
-        if value >= (1 - e.new_item_cost) * reference:
+        floor = (1 - e.new_item_cost) * value if floor is None else floor
+        if value >= floor:
             chosen = boost
     scorer.new_item_boost = 0.0
     return chosen
@@ -267,19 +273,20 @@ def cold_targets(seqs: Sequences) -> np.ndarray | None:
 def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
     """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
     e = cfg.eval
-    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION, "ranks": True}, sort_keys=True)
+    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION, "ranks": True, "val_ranks": True}, sort_keys=True)
     cache = seqs.directory / f"baselines-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached["key"] == key:
             log(f"baselines reused from {cache}")
-            return [ModelResult(**(r | {"ranks": np.asarray(r["ranks"])})) for r in cached["results"]], cached["notes"]
+            return [ModelResult(**(r | {k: np.asarray(r[k]) for k in ("ranks", "val_ranks")}))
+                    for r in cached["results"]], cached["notes"]
     if "ContentKNN" in e.baselines:
         ensure_content(seqs.directory, Path(cfg.content.cache_dir), cfg.content.batch_size, log)
     results, notes = run_baselines(seqs, e.ks, e.baselines, e.ease_lambdas, e.ease_max_items, e.knn_neighbors,
                                    e.knn_shrinks, e.batch_size, e.seed, log, val_targets=e.val_targets)
     cache.write_text(json.dumps({"key": key, "notes": notes, "results": [  # ranks too: the cold-start table's
-        asdict(r) | {"ranks": r.ranks.tolist()} for r in results]}))
+        asdict(r) | {"ranks": r.ranks.tolist(), "val_ranks": r.val_ranks.tolist()} for r in results]}))
     return results, notes
 
 
