@@ -129,6 +129,20 @@ def test_trending_counts_recent_interactions_and_the_timeline_never_reads_ahead(
         timeline.features([""], np.array([-1]), [ITEMS[:0]], np.array([-5]))
 
 
+def test_new_releases_are_titles_nobody_had_seen_from_the_request_year_or_the_one_before(tmp_path):
+    years = np.array([1999, 2016, 2017, 2017, 0, 2018])
+    # items 0 and 1 were interacted with before the cutoff; 2..5 were not (4 has no year)
+    signals = CatalogSignals.fit(DOCS, np.array([0, 1]), np.array([0, 1]), 6, k=3, years=years)
+    new = SIGNALS.index("new_release")
+    at = np.array([np.datetime64("2017-07-01"), np.datetime64("2018-03-01")]).astype("datetime64[s]").astype(np.int64)
+    s = signals.features(["", ""], np.array([-1, -1]), [ITEMS[:0]] * 2, at)
+    assert s[0, :, new].tolist() == [0, 0, 1, 1, 0, 0]  # 2016's item 1 was seen; 2018's is not out yet
+    assert s[1, :, new].tolist() == [0, 0, 1, 1, 0, 1]
+    assert not signals.features([""], np.array([-1]), [ITEMS[:0]])[:, :, new].any()  # no request time, none
+    signals.save(tmp_path / "signals.npz")  # what serving reads
+    assert CatalogSignals.load(tmp_path / "signals.npz").years.tolist() == years.tolist()
+
+
 @pytest.mark.parametrize("mode", ["unified", "separate"])
 def test_frozen_heads_train_only_themselves(mode):
     torch.manual_seed(0)

@@ -147,7 +147,7 @@ def fit_signals(run: TrainedRun, cutoff: float, hc: HeadsConfig, ease: EASE | No
                               seqs.n_items, hc.neighbours, ease_lambda=lam if lam else 100.0,
                               ease_max_items=run.cfg.eval.ease_max_items,
                               ease_weights=ease.weights if ease is not None else None,
-                              recent_item=seqs.events["item"][recent])
+                              recent_item=seqs.events["item"][recent], years=run.catalog.years)
 
 
 def signal_timeline(run: TrainedRun, start: float, end: float, hc: HeadsConfig, log=print) -> SignalTimeline:
