@@ -11,8 +11,9 @@ ID for:
   standardised;
 - per-user matching: each user's content-only scores mapped onto the mean and spread of their known-item
   scores, plus a constant.
-Prints validation NDCG@10 on known-item targets (its change against no lift: what `eval.new_item_cost`
-bounds) and the test's warm NDCG@10 and cold HR@50 / NDCG@50, the figures of the cold-start table.
+Prints validation NDCG@10 on known-item targets (what `recfm train`'s rule compares with the best baseline's;
+its change against no lift) and the test's warm NDCG@10 and cold HR@50 / NDCG@50, the figures of the
+cold-start table.
 """
 
 from __future__ import annotations
