@@ -74,30 +74,37 @@ class ItemContent(nn.Module):
                 borrowed_from: torch.Tensor | None) -> torch.Tensor:
         """The vectors of items `ids` [N] given their ID embeddings [N, D]; `missing` [N] marks those that borrow,
         `borrowed_from` holds the ID embeddings of their neighbours ([missing.sum() * k, D], `neighbour_ids`)."""
-        stand_in = self.no_id.expand_as(id_embeddings) if self.no_id is not None else torch.zeros_like(id_embeddings)
         rows = torch.nonzero(missing).flatten()
-        weights = self._neighbour_lists()[1][ids[rows]] if borrowed_from is not None and len(rows) else None
-        if weights is not None and weights.shape[1]:
-            mixed = (weights[:, :, None] * borrowed_from.view(len(rows), weights.shape[1], -1)).sum(1)
-            stand_in = torch.zeros_like(id_embeddings).index_put((rows,), mixed.to(id_embeddings.dtype))
+        stand_in = torch.zeros_like(id_embeddings)
+        if len(rows):
+            weights = self._neighbour_lists()[1][ids[rows]]
+            lent = borrowed_from.view(len(rows), weights.shape[1], id_embeddings.shape[1])
+            stand_in = stand_in.index_put((rows,), self._mix(weights, lent).to(id_embeddings.dtype))
         out = torch.where(missing[:, None], stand_in, id_embeddings) + self.project(self.vectors[ids])
-        if self.semantic is not None:
-            out = out + self.semantic(self.codes[ids] + self.offsets).sum(1)
-        return out
+        return self._with_codes(out, self.codes[ids])
 
     def from_content(self, vectors: torch.Tensor, id_table: torch.Tensor) -> torch.Tensor:
         """Vectors of titles the model never saw, from their content vectors [N, content_dim] alone, borrowing
         from the model's ID table [items, D] as a cold item does."""
         index, weights = self._nearest(vectors, exclude=None)
-        out = self.project(vectors)
+        out = self.project(vectors) + self._mix(weights, id_table[index])
+        codes = (torch.from_numpy(assign_codes(vectors.numpy(), self.centroids.numpy()))
+                 if self.semantic is not None else None)
+        return self._with_codes(out, codes)
+
+    def _mix(self, weights: torch.Tensor, lent: torch.Tensor) -> torch.Tensor:
+        """The borrowed IDs [M, D] from each item's neighbour weights [M, k] and their IDs [M, k, D]; the learned
+        "no ID" vector (or nothing) when there are no neighbours to borrow from."""
         if weights.shape[1]:
-            out = out + (weights[:, :, None] * id_table[index]).sum(1)
-        elif self.no_id is not None:
-            out = out + self.no_id
-        if self.semantic is not None:
-            codes = torch.from_numpy(assign_codes(vectors.numpy(), self.centroids.numpy()))
-            out = out + self.semantic(codes + self.offsets).sum(1)
-        return out
+            return (weights[:, :, None] * lent).sum(1)
+        fallback = self.no_id if self.no_id is not None else lent.new_zeros(lent.shape[-1])
+        return fallback.expand(len(weights), -1)
+
+    def _with_codes(self, out: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
+        """`out` plus the semantic-code embeddings of `codes` [N, levels], when the model has semantic IDs."""
+        if self.semantic is None:
+            return out
+        return out + self.semantic(codes + self.offsets).sum(1)
 
     def _neighbour_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item's k nearest other items with trained IDs, and their weights; recomputed when `has_id` or the
