@@ -143,6 +143,23 @@ def test_new_releases_are_titles_nobody_had_seen_from_the_request_year_or_the_on
     assert CatalogSignals.load(tmp_path / "signals.npz").years.tolist() == years.tolist()
 
 
+def test_recent_taste_is_recent_releases_weighted_by_the_users_share_of_them():
+    years = np.array([1999, 2016, 2017, 2017, 0, 2018])
+    signals = CatalogSignals.fit(DOCS, np.array([0, 1]), np.array([0, 1]), 6, k=3, years=years)
+    release, taste = SIGNALS.index("recent_release"), SIGNALS.index("recent_taste")
+
+    def when(*days):
+        return np.array([np.datetime64(d) for d in days]).astype("datetime64[s]").astype(np.int64)
+
+    # user a had 1999's item in 2000 (recent then) and 2016's in 2018 (not recent then); user b only 1999's, late
+    histories, times = [np.array([0, 1]), np.array([0])], [when("2000-05-01", "2018-01-01"), when("2015-01-01")]
+    s = signals.features(["", ""], np.array([-1, -1]), histories, when("2017-07-01", "2017-07-01"), times)
+    assert s[0, :, release].tolist() == [0, 1, 1, 1, 0, 0]  # seen or not; item 4 has no year
+    assert s[0, :, taste].tolist() == [0, 0.5, 0.5, 0.5, 0, 0] and not s[1, :, taste].any()
+    assert not signals.features(["", ""], np.array([-1, -1]), histories, when("2017-07-01", "2017-07-01"))[
+        :, :, taste].any()  # no history times, no taste
+
+
 @pytest.mark.parametrize("mode", ["unified", "separate"])
 def test_frozen_heads_train_only_themselves(mode):
     torch.manual_seed(0)
@@ -157,6 +174,25 @@ def test_frozen_heads_train_only_themselves(mode):
     assert all(p.grad is None for p in fm.parameters())
     ranker = next(iter(model.rankers.values()))
     assert ranker.signal_weights.weight.grad.abs().sum() > 0 and model.text.project.weight.grad is not None
+
+
+def test_weights_chosen_per_task_score_each_task_with_its_own():
+    torch.manual_seed(0)
+    fm = _fm()
+    spec = HeadsSpec(text_dim=8, hidden=16, word_buckets=64, trigram_buckets=64)
+    batch, signals = _batch(fm)
+    item_text = text_features(signals.documents, 64, 64)
+    a = HeadsModel(fm, spec).eval()
+    b = HeadsModel(fm, spec).eval()
+    with torch.no_grad():
+        b.rankers["unified"].task_weights.weight.uniform_(0, 3)
+        b.text.project.weight.mul_(-1.0)
+    both = HeadsModel(fm, spec).eval()
+    both.load_head_state({"tasks": {"search": a.head_state(), "similars": b.head_state(), "homepage": a.head_state()}})
+    with torch.no_grad():
+        got, want_a, want_b = both(batch, item_text), a(batch, item_text), b(batch, item_text)
+    assert not torch.allclose(want_a[1], want_b[1])
+    assert torch.allclose(got[[0, 2]], want_a[[0, 2]]) and torch.allclose(got[1], want_b[1])
 
 
 def test_finetuned_heads_reach_the_foundation_model():

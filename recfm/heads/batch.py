@@ -11,7 +11,7 @@ import torch
 from recfm.fm.batching import inference_batch, rows_from_arrays
 from recfm.fm.tokens import EventTokenizer
 from recfm.heads.examples import TASKS, HeadExamples
-from recfm.heads.model import HeadsBatch
+from recfm.heads.model import GAP_BUCKETS, HeadsBatch
 from recfm.heads.signals import CatalogSignals, SignalTimeline
 from recfm.heads.text import text_features
 
@@ -25,11 +25,17 @@ class EventLog:
     offsets: np.ndarray
     events: dict[str, np.ndarray]
 
-    def histories(self, user: np.ndarray, known: np.ndarray) -> list[np.ndarray]:
-        """The items each request's user had interacted with before it (empty for anonymous requests)."""
-        items = self.events["item"]
-        return [items[self.offsets[u]:self.offsets[u] + k] if u >= 0 else items[:0]
+    def histories(self, user: np.ndarray, known: np.ndarray, column: str = "item") -> list[np.ndarray]:
+        """The items (or another column: "ts") of each request's user before it (empty for anonymous requests)."""
+        values = self.events[column]
+        return [values[self.offsets[u]:self.offsets[u] + k] if u >= 0 else values[:0]
                 for u, k in zip(user, known, strict=True)]
+
+
+def gap_bucket(seconds: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """log2 buckets of the time since the user's last event, as the FM's gap facet; 0 = no last event."""
+    buckets = 1 + np.minimum(np.floor(np.log2(np.maximum(seconds, 0) + 1)), GAP_BUCKETS - 2)
+    return np.where(known, buckets, 0).astype(np.int64)
 
 
 def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals | SignalTimeline,
@@ -39,8 +45,10 @@ def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals |
     users = examples.user[has_user]
     history = inference_batch(rows_from_arrays(log.offsets, log.events, users), examples.known[has_user],
                               tokenizer, max_len)
-    histories = log.histories(examples.user, np.where(has_user, examples.known, 0))
-    features = signals.features(list(examples.query), examples.item, histories, examples.ts)
+    known = np.where(has_user, examples.known, 0)
+    histories, times = log.histories(examples.user, known), log.histories(examples.user, known, "ts")
+    features = signals.features(list(examples.query), examples.item, histories, examples.ts, times)
+    last = np.array([t[-1] if len(t) else -1 for t in times], dtype=np.int64)
     exclude = np.zeros((len(examples), features.shape[1]), dtype=bool)
     for row, (task, items, source) in enumerate(zip(examples.task, histories, examples.item, strict=True)):
         if task in EXCLUDE_SEEN:
@@ -53,5 +61,6 @@ def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals |
 
     return HeadsBatch(history, torch.from_numpy(has_user), long(examples.item),
                       text_features(list(examples.query), word_buckets, trigram_buckets), long(examples.task),
-                      long(examples.hour), long(examples.surface), long(examples.device), features,
+                      long(examples.hour), long(examples.surface), long(examples.device),
+                      long(gap_bucket(examples.ts - last, last >= 0)), features,
                       torch.from_numpy(exclude), long(examples.target))

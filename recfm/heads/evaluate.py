@@ -41,10 +41,11 @@ def task_baselines(fm_scores: BatchScorer, ease_scores: BatchScorer) -> dict[str
 
 
 def evaluate_scorer(scorer: BatchScorer, batches: Iterable[HeadsBatch], n_items: int, ks: list[int],
-                    item_counts: np.ndarray, seed: int = 0) -> dict[str, float]:
+                    item_counts: np.ndarray, seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
+    """The metrics, and each request's 0-based target rank (for paired comparisons)."""
     metrics = RankingMetrics(n_items, ks, item_counts, seed=seed)
     with torch.no_grad():
         for batch in batches:
             scores = scorer(batch).float().masked_fill(batch.exclude, -torch.inf)
             metrics.add(scores, batch.target)
-    return metrics.result()
+    return metrics.result(), metrics.all_ranks()

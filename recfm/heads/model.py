@@ -1,19 +1,22 @@
 """The task heads: thin rankers over the foundation model's user and item representations.
 
     context  = user vector (FM, or a learned "no user" vector) ⊕ source item embedding (FM item table)
-               ⊕ query vector (hashed text encoder) ⊕ task + hour + surface + device embeddings
+               ⊕ query vector (hashed text encoder) ⊕ task + hour + surface + device + gap embeddings
+               (gap: time since the user's last event, log2 buckets)
     h        = MLP(context)
     w        = task_weights[task] + A·h                    (per-request weights: the task's blend, modulated)
-    score(i) = scale · ( Σ_s w_s·signal_s(i)               the catalog signals (`recfm.heads.signals`)
-               + w_fm·(FM score(i) - mean) / (best - mean), floored at 0
-               + w_text·cos(query vector, item text vector) )   (the same encoder reads the item's text)
+    x(i)     = the catalog signals (`recfm.heads.signals`)
+               ⊕ (FM score(i) - mean) / (best - mean), floored at 0
+               ⊕ cos(query vector, item text vector)     (the same encoder reads the item's text)
+    score(i) = scale · ( Σ_s w_s·x_s(i) + g(x(i) ⊕ B·h) )  g: a small per-item MLP, zero at the start
 
 The per-request weights let one model lean on lexical match for search, co-occurrence for similars and the
 collaborative and FM scores for the homepage: the task embedding is just another part of the context (the
 unified ranker, UniCoRn's design). `mode: separate` trains one such ranker per task instead, for comparison.
 The FM is either frozen (its outputs are inputs: the embedding-consumer pattern) or fine-tuned with the heads
 (the subgraph pattern: the FM score's gradient reaches its transformer and item table). Scores start as the
-plain sum of the signals, so an untrained ranker is already a sensible blend. A free per-item term (the
+plain sum of the signals, so an untrained ranker is already a sensible blend; g then adds what a weighted
+sum cannot express (one signal mattering only where another is high). A free per-item term (the
 context projected onto item embeddings) was tried and dropped: on the few thousand requests the heads learn
 from, it overfitted and ranked below its own inputs.
 """
@@ -36,6 +39,8 @@ from recfm.heads.text import TextEncoder
 
 MODES = ("unified", "separate")
 FM_MODES = ("frozen", "finetune")
+ITEM_CONTEXT = 8  # context features the per-item interaction layer sees
+GAP_BUCKETS = 32  # of the time since the user's last event, in the ranker's context
 
 
 @dataclass
@@ -66,6 +71,7 @@ class HeadsBatch:
     hour: torch.Tensor
     surface: torch.Tensor
     device: torch.Tensor
+    gap: torch.Tensor  # int64 [B]: log2 bucket of the time since the user's last event (`batch.gap_bucket`)
     signals: torch.Tensor  # float32 [B, items, len(SIGNALS)]
     exclude: torch.Tensor  # bool [B, items]: not rankable for this request (already seen, the source item)
     target: torch.Tensor  # int64 [B], -1 when serving
@@ -79,6 +85,7 @@ class ContextualRanker(nn.Module):
         self.hour = nn.Embedding(24, t)
         self.surface = nn.Embedding(max(spec.surfaces, 1), t)
         self.device = nn.Embedding(max(spec.devices, 1), t)
+        self.gap = nn.Embedding(GAP_BUCKETS, t)
         self.context = nn.Sequential(nn.Linear(2 * fm_dim + 2 * t, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout),
                                      nn.Linear(spec.hidden, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout))
         n = len(SIGNALS) + 2  # + the FM score and the text match
@@ -89,6 +96,13 @@ class ContextualRanker(nn.Module):
         self.signal_weights = nn.Linear(spec.hidden, n)
         nn.init.zeros_(self.signal_weights.weight)
         nn.init.zeros_(self.signal_weights.bias)
+        # what a weighted sum cannot say: interactions between an item's signals (a recent release the user's
+        # neighbours also rate, a trending title for a user who takes trending ones), per item, given the context
+        self.item_context = nn.Linear(spec.hidden, ITEM_CONTEXT)
+        self.per_item = nn.Sequential(nn.Linear(n + ITEM_CONTEXT, spec.hidden // 4), nn.GELU(),
+                                      nn.Linear(spec.hidden // 4, 1))
+        nn.init.zeros_(self.per_item[-1].weight)
+        nn.init.zeros_(self.per_item[-1].bias)
         # signals lie in [0, 1]: a softmax over the catalog needs logits an order larger to be sharp, and at
         # unit scale the weights take hundreds of steps to get there while everything else overfits
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -96,11 +110,13 @@ class ContextualRanker(nn.Module):
     def forward(self, user: torch.Tensor, source: torch.Tensor, query: torch.Tensor, batch: HeadsBatch,
                 rows: torch.Tensor, fm_scores: torch.Tensor, text_match: torch.Tensor) -> torch.Tensor:
         categorical = (self.task(batch.task[rows]) + self.hour(batch.hour[rows]) + self.surface(batch.surface[rows])
-                       + self.device(batch.device[rows]))
+                       + self.device(batch.device[rows]) + self.gap(batch.gap[rows]))
         h = self.context(torch.cat([user, source, query, categorical], dim=-1))
         w = self.task_weights(batch.task[rows]) + self.signal_weights(h)
         signals = torch.cat([batch.signals[rows], fm_scores[:, :, None], text_match[:, :, None]], dim=-1)
-        return self.log_scale.exp() * (signals * w[:, None, :]).sum(-1)
+        context = self.item_context(h)[:, None, :].expand(-1, signals.shape[1], -1)
+        interactions = self.per_item(torch.cat([signals, context], dim=-1)).squeeze(-1)
+        return self.log_scale.exp() * ((signals * w[:, None, :]).sum(-1) + interactions)
 
 
 class HeadsModel(nn.Module):
@@ -114,11 +130,31 @@ class HeadsModel(nn.Module):
         self.no_user = nn.Parameter(torch.zeros(dim))
         self.no_item = nn.Parameter(torch.zeros(dim))
         self._item_cache: tuple[KeyedJaggedTensor, torch.Tensor] | None = None
+        self._task_states: dict[str, dict[str, torch.Tensor]] = {}  # weights chosen per task, when loaded so
+        self._current: str | None = None
         names = ["unified"] if spec.mode == "unified" else list(TASKS)
         self.rankers = nn.ModuleDict({name: ContextualRanker(dim, spec) for name in names})
 
     def forward(self, batch: HeadsBatch, item_text: KeyedJaggedTensor) -> torch.Tensor:
-        """Scores [B, items]; excluded items get -inf."""
+        """Scores [B, items]; excluded items get -inf. With weights chosen per task (`load_head_state`), each
+        request is scored with its own task's."""
+        if not self._task_states:
+            return self._scores(batch, item_text)
+        scores = None
+        for t, name in enumerate(TASKS):
+            rows = batch.task == t
+            if bool(rows.any()):
+                self._use(name)
+                part = self._scores(batch, item_text)
+                scores = part if scores is None else torch.where(rows[:, None], part, scores)
+        return scores
+
+    def _use(self, task: str) -> None:
+        if self._current != task:
+            self.load_state_dict(self._task_states[task], strict=False)  # resets the item cache
+            self._current = task
+
+    def _scores(self, batch: HeadsBatch, item_text: KeyedJaggedTensor) -> torch.Tensor:
         items, user = self._fm(batch)
         fm_scores = user @ items.T
         # on the scale of the other signals: 0 at the request's mean score (and below), 1 at its best item.
@@ -164,7 +200,14 @@ class HeadsModel(nn.Module):
         return {k: v.detach().clone() for k, v in self.state_dict().items()
                 if self.spec.fm == "finetune" or not k.startswith("fm.")}
 
-    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_head_state(self, state: dict) -> None:
+        """One set of weights for every task, or {"tasks": {task: weights}}, each task's own (as `recfm heads
+        train` chooses them: each from the epoch of its best holdout figure)."""
+        if "tasks" in state:
+            self._task_states, self._current = dict(state["tasks"]), None
+            for weights in self._task_states.values():
+                self.load_head_state(weights)  # checks each
+            return
         missing, unexpected = self.load_state_dict(state, strict=False)
         wrong = [k for k in missing if self.spec.fm == "finetune" or not k.startswith("fm.")] + list(unexpected)
         if wrong:
