@@ -1,6 +1,7 @@
 import numpy as np
 
-from recfm.platform.evaluation.significance import ndcg_at, paired_difference
+from recfm.platform.evaluation.metrics import ndcg_at
+from recfm.platform.evaluation.significance import paired_difference
 
 
 def test_ndcg_at_k():

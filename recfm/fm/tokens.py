@@ -22,6 +22,11 @@ _SECONDS_PER_DAY = 86_400
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 
 
+def gap_bucket(seconds: np.ndarray, buckets: int) -> np.ndarray:
+    """log2 bucket (1 .. buckets - 1) of a time gap in seconds; 0 is left for "no previous event"."""
+    return 1 + np.minimum(np.floor(np.log2(np.maximum(np.asarray(seconds, dtype=np.float64), 0) + 1)), buckets - 2)
+
+
 @dataclass(frozen=True)
 class Facet:
     name: str
@@ -74,8 +79,7 @@ class EventTokenizer:
 
     def _gap(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
         ts = events["ts"]
-        gap = np.diff(ts, prepend=ts[:1]).astype(np.float64)
-        buckets = 1 + np.minimum(np.floor(np.log2(np.maximum(gap, 0) + 1)), self.gap_buckets - 2)
+        buckets = gap_bucket(np.diff(ts, prepend=ts[:1]), self.gap_buckets)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         buckets[starts[lengths > 0]] = 0  # a sequence's first event has no previous one
         return buckets

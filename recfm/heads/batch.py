@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from recfm.fm.batching import inference_batch, rows_from_arrays
-from recfm.fm.tokens import EventTokenizer
+from recfm.fm.tokens import EventTokenizer, gap_bucket
 from recfm.heads.examples import TASKS, HeadExamples
 from recfm.heads.model import GAP_BUCKETS, HeadsBatch
 from recfm.heads.signals import CatalogSignals, SignalTimeline
@@ -30,12 +30,6 @@ class EventLog:
         values = self.events[column]
         return [values[self.offsets[u]:self.offsets[u] + k] if u >= 0 else values[:0]
                 for u, k in zip(user, known, strict=True)]
-
-
-def gap_bucket(seconds: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """log2 buckets of the time since the user's last event, as the FM's gap facet; 0 = no last event."""
-    buckets = 1 + np.minimum(np.floor(np.log2(np.maximum(seconds, 0) + 1)), GAP_BUCKETS - 2)
-    return np.where(known, buckets, 0).astype(np.int64)
 
 
 def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals | SignalTimeline,
@@ -62,5 +56,5 @@ def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals |
     return HeadsBatch(history, torch.from_numpy(has_user), long(examples.item),
                       text_features(list(examples.query), word_buckets, trigram_buckets), long(examples.task),
                       long(examples.hour), long(examples.surface), long(examples.device),
-                      long(gap_bucket(examples.ts - last, last >= 0)), features,
+                      long(np.where(last >= 0, gap_bucket(examples.ts - last, GAP_BUCKETS), 0)), features,
                       torch.from_numpy(exclude), long(examples.target))

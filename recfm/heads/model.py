@@ -71,7 +71,7 @@ class HeadsBatch:
     hour: torch.Tensor
     surface: torch.Tensor
     device: torch.Tensor
-    gap: torch.Tensor  # int64 [B]: log2 bucket of the time since the user's last event (`batch.gap_bucket`)
+    gap: torch.Tensor  # int64 [B]: log2 bucket of the time since the user's last event (`gap_bucket`), 0 = none
     signals: torch.Tensor  # float32 [B, items, len(SIGNALS)]
     exclude: torch.Tensor  # bool [B, items]: not rankable for this request (already seen, the source item)
     target: torch.Tensor  # int64 [B], -1 when serving
@@ -129,7 +129,8 @@ class HeadsModel(nn.Module):
         self.text = TextEncoder(spec.text_dim, spec.word_buckets, spec.trigram_buckets)
         self.no_user = nn.Parameter(torch.zeros(dim))
         self.no_item = nn.Parameter(torch.zeros(dim))
-        self._item_cache: tuple[KeyedJaggedTensor, torch.Tensor] | None = None
+        # the catalog's text vectors out of training, per set of weights in use (None: the model's own)
+        self._item_cache: dict[str | None, tuple[KeyedJaggedTensor, torch.Tensor]] = {}
         self._task_states: dict[str, dict[str, torch.Tensor]] = {}  # weights chosen per task, when loaded so
         self._current: str | None = None
         names = ["unified"] if spec.mode == "unified" else list(TASKS)
@@ -151,7 +152,7 @@ class HeadsModel(nn.Module):
 
     def _use(self, task: str) -> None:
         if self._current != task:
-            self.load_state_dict(self._task_states[task], strict=False)  # resets the item cache
+            nn.Module.load_state_dict(self, self._task_states[task], strict=False)  # keeps each task's cache
             self._current = task
 
     def _scores(self, batch: HeadsBatch, item_text: KeyedJaggedTensor) -> torch.Tensor:
@@ -181,17 +182,18 @@ class HeadsModel(nn.Module):
         """The catalog's text vectors; out of training they are encoded once per catalog, not once per request."""
         if self.training:
             return self.text(item_text)
-        if self._item_cache is None or self._item_cache[0] is not item_text:
+        cached = self._item_cache.get(self._current)
+        if cached is None or cached[0] is not item_text:
             with torch.no_grad():
-                self._item_cache = (item_text, self.text(item_text))
-        return self._item_cache[1]
+                cached = self._item_cache[self._current] = (item_text, self.text(item_text))
+        return cached[1]
 
     def train(self, mode: bool = True) -> HeadsModel:
-        self._item_cache = None  # the encoder may have changed
+        self._item_cache = {}  # the encoder may have changed
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
-        self._item_cache = None
+        self._item_cache, self._current = {}, None
         return super().load_state_dict(*args, **kwargs)
 
     def head_state(self) -> dict[str, torch.Tensor]:

@@ -28,6 +28,12 @@ def top_k(scores: torch.Tensor, k: int, tie_order: torch.Tensor) -> torch.Tensor
     return candidates.gather(1, order[:, :k])
 
 
+def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-request NDCG@k (one relevant item) from 0-based target ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
+
+
 def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     """HR@K, NDCG@K (one relevant item) and MRR from 0-based target ranks."""
     ranks = np.asarray(ranks, dtype=np.float64)
@@ -35,7 +41,7 @@ def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     for k in sorted(ks):
         hit = ranks < k
         out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float((hit / np.log2(ranks + 2)).mean())
+        out[f"NDCG@{k}"] = float(ndcg_at(ranks, k).mean())
     out["MRR"] = float((1.0 / (ranks + 1)).mean())
     return out
 

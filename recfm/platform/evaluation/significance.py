@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
-    """Per-request NDCG@k (one relevant item) from 0-based target ranks."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    return np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
+from recfm.platform.evaluation.metrics import ndcg_at
 
 
 def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, users: np.ndarray, k: int = 10,

@@ -234,7 +234,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
     start, _ = holdout_ndcg([])
     present = start > 0
     task_best, task_epoch = start.clone(), [0] * len(TASKS)
-    task_states = {t: model.head_state() for t in TASKS}
+    untrained = model.head_state()
+    task_states = dict.fromkeys(TASKS, untrained)
     stopping = EarlyStopping(hc.patience, hc.epochs, "holdout NDCG@10 on any task")
     stopping.value = 0.0  # counts the epochs on which some task improved: it rises exactly when one does
     size = min(hc.batch_size, len(examples) // world)
