@@ -20,7 +20,9 @@ import torch
 from recfm.heads.context import Request
 from recfm.heads.examples import TASKS
 from recfm.platform.config import load_config
+from recfm.platform.evaluation.metrics import ndcg_at
 from recfm.platform.train.job import train
+from recfm.platform.trained import TrainedRun
 
 TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
         "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
@@ -50,6 +52,12 @@ def test_heads_are_tested_per_task_beside_their_baselines(run):
     table = (run / "heads" / "results.md").read_text()
     for task, baseline in zip(TASKS, ("BM25", "ItemKNN", "MostPop"), strict=True):
         assert f"| {task} | recfm heads (unified, FM frozen) |" in table and f"| {task} | {baseline} |" in table
+    # each request's rank under every model, with its user's source id: the table recomputes from them
+    rows = json.loads((run / "heads" / "results.json").read_text())["rows"]
+    with np.load(run / "heads" / "test_ranks.npz") as ranks:
+        for row in rows:
+            assert ndcg_at(ranks[f"{row['task']}:{row['model']}"], 10).mean() == pytest.approx(row["NDCG@10"])
+        assert set(ranks["homepage:user"]) <= set(TrainedRun.open(run).users)
 
 
 def test_recommendations_from_the_trained_heads(run):

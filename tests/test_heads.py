@@ -225,3 +225,28 @@ def test_homepage_page_has_no_repeats_and_caps_genres():
                 counts[g] = counts.get(g, 0) + 1
         assert all(c <= 2 for g, c in counts.items() if g != own), row
     assert {"Top picks for you", "Because you watched X (1999)"} <= {r.title for r in rows}
+
+
+def test_user_weighting_evens_out_heavy_users_within_each_task():
+    from recfm.platform.train.heads import user_weights
+
+    # homepage: user 0 makes 4 requests, user 1 one; search: two anonymous requests and one of user 0
+    ex = HeadExamples.concat([
+        _requests("homepage", [0, 0, 0, 0, 1]),
+        _requests("search", [-1, -1, 0]),
+    ])
+    alike = user_weights(ex, 0.0)
+    assert np.allclose(alike, 1.0)
+    per_user = user_weights(ex, 1.0)
+    home = per_user[ex.task == TASKS.index("homepage")]
+    assert np.isclose(home[:4].sum(), home[4]) and np.isclose(home.mean(), 1.0)  # each user weighs alike
+    assert np.allclose(per_user[ex.task == TASKS.index("search")], 1.0)  # anonymous requests are users of their own
+    sqrt = user_weights(ex, 0.5)[ex.task == TASKS.index("homepage")]
+    assert np.isclose(sqrt[0] / sqrt[4], 0.5)  # 4^-0.5
+
+
+def _requests(task: str, users: list[int]) -> HeadExamples:
+    n = len(users)
+    zeros = np.zeros(n, dtype=np.int64)
+    return HeadExamples(np.full(n, TASKS.index(task)), np.array(users), zeros, zeros - 1, np.full(n, "", dtype=object),
+                        zeros, zeros, zeros, zeros, zeros)

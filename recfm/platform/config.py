@@ -138,6 +138,7 @@ class HeadsConfig:
     lr: float = 3e-3
     fm_lr: float = 1e-4  # finetune only
     holdout: float = 0.2  # the latest share of training requests (per task), for model selection
+    user_weighting: float = 0.0  # a request of a user with n of its task's requests weighs n^-this (0: all alike)
     session_gap_minutes: float = 60.0  # homepage: a session starts after this long without an interaction
     max_train_per_task: int = 6000  # random subset (seeded) when a task has more requests; counts are printed
     max_test_per_task: int = 3000
@@ -155,6 +156,8 @@ class HeadsConfig:
             raise ConfigError("heads.holdout must be in (0, 1)")
         if self.trend_days <= 0:
             raise ConfigError("heads.trend_days must be positive")
+        if not 0 <= self.user_weighting <= 1:
+            raise ConfigError("heads.user_weighting must be in [0, 1]")
         if min(self.epochs, self.signal_refits, self.batch_size, self.text_dim, self.hidden, self.word_buckets,
                self.trigram_buckets, self.max_train_per_task, self.max_test_per_task, self.page_rows, self.row_length,
                self.genre_cap) < 1:

@@ -3,6 +3,8 @@ baselines. Written into the run directory:
 
     heads/heads.pt       the heads' weights (and the FM's, when fine-tuned)   heads/heads.json  what rebuilds them
     heads/results.md     per task: the heads and the baselines on the same test requests   heads/results.json
+    heads/test_ranks.npz per task: each test request's user (source id) and its answer's rank under every model,
+                         what the table was computed from (`bench/heads_backtest.py` pools them across runs)
 
 Time protocol (data.split=time, cutoffs val < test): the best FM checkpoint learned from events before `val`.
 The heads learn from requests in [val, test), which that FM never saw, so its scores on them are honest (the
@@ -43,6 +45,7 @@ HEADS_DIR = "heads"
 WEIGHTS_FILE = "heads.pt"
 SPEC_FILE = "heads.json"
 SIGNALS_FILE = "signals.npz"
+RANKS_FILE = "test_ranks.npz"
 SELECTION = "holdout_gain"  # mean over tasks of the best holdout NDCG@10 so far / the untrained blend's
 
 
@@ -127,7 +130,8 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     log(f"heads trained in {(time.perf_counter() - started) / 60:.1f} min; testing")
     model = HeadsModel(run.foundation_model() if spec.fm == "frozen" else fm, spec)  # frozen: the refitted FM
     model.load_head_state(state)
-    rows, note = test_heads(run, model, hc, log)
+    rows, note, ranks = test_heads(run, model, hc, log)
+    np.savez_compressed(out / RANKS_FILE, **ranks)
     fit_signals(run, np.inf, hc).save(out / SIGNALS_FILE)  # what serving reads: every event and tag
     table = heads_table(rows, note)
     (out / "results.md").write_text(table)
@@ -214,7 +218,8 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
 
     counts = np.bincount(examples.task, minlength=len(TASKS)).astype(np.float64)
     # rarer tasks weigh more, by the square root of their rarity (full inverse frequency overfits the rarest)
-    task_weight = torch.from_numpy(np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)).float()
+    task_weight = np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)
+    weight = torch.from_numpy(task_weight[examples.task] * user_weights(examples, hc.user_weighting)).float()
     mine = holdout.take(np.arange(rank, len(holdout), world))
     holdout_batches = [batch_of(mine.take(np.arange(s, min(s + 256, len(mine))))) for s in range(0, len(mine), 256)]
 
@@ -250,7 +255,7 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             index = order[step * size:(step + 1) * size]
             batch = batch_of(examples.take(index))
             losses_per_request = F.cross_entropy(trained(batch, item_text), batch.target, reduction="none")
-            loss = (losses_per_request * task_weight[batch.task]).sum() / task_weight[batch.task].sum()
+            loss = (losses_per_request * weight[index]).sum() / weight[index].sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -271,6 +276,24 @@ def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) ->
             break
 
 
+def user_weights(examples: HeadExamples, power: float) -> np.ndarray:
+    """Each request's weight within its task: n^-power for a user with n of the task's requests (anonymous
+    requests count as users of their own), scaled so the task's weights average 1. Why: the few most active users
+    make most requests (on ml-latest-small's homepage training span, 5 of 77 users make 63% of them, one 29%), and
+    unweighted they set the ranker for everyone; weighing users more equally is what YouTube's recommender does
+    for the same reason (Covington et al. 2016). 0 weighs every request alike, 1 every user alike."""
+    weights = np.ones(len(examples))
+    for t in range(len(TASKS)):
+        index = np.flatnonzero(examples.task == t)
+        if len(index) == 0:
+            continue
+        users = np.where(examples.user[index] >= 0, examples.user[index], -1 - np.arange(len(index)))
+        _, group, n = np.unique(users, return_inverse=True, return_counts=True)
+        w = n[group].astype(np.float64) ** -power
+        weights[index] = w * len(index) / w.sum()
+    return weights
+
+
 def _ndcg_sums(model: HeadsModel, batches: list, item_text) -> torch.Tensor:
     """[2, tasks]: the holdout's NDCG@10 sums and request counts per task."""
     sums = torch.zeros(2, len(TASKS), dtype=torch.float64)
@@ -285,9 +308,11 @@ def _ndcg_sums(model: HeadsModel, batches: list, item_text) -> torch.Tensor:
     return sums
 
 
-def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -> tuple[list[dict], str]:
-    """Per task: the heads and the task's baselines on the same test requests; returns the rows and a note on
-    the protocol."""
+def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig,
+               log=print) -> tuple[list[dict], str, dict[str, np.ndarray]]:
+    """Per task: the heads and the task's baselines on the same test requests; returns the rows, a note on the
+    protocol, and the requests' ranks ("TASK:user" the source user ids, "TASK:MODEL" each model's 0-based rank
+    of the answer)."""
     seqs = run.sequences
     info = seqs.info
     test_cut = float(info.test_cutoff)
@@ -315,7 +340,8 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
         return rows @ ease.weights
 
     name = f"recfm heads ({hc.mode}, FM {hc.fm})"
-    rows = []
+    user_ids = np.array(list(run.users), dtype=object)  # dense user -> source id (the dict is in dense order)
+    rows, all_ranks = [], {}
     for t, task in enumerate(TASKS):
         task_examples = examples.take(np.flatnonzero(examples.task == t))
         if len(task_examples) == 0:
@@ -338,12 +364,15 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig, log=print) -
             row |= {"head_minus": diff, "head_minus_low": low, "head_minus_high": high}
         task_rows[0]["test_users"] = int(len(np.unique(task_examples.user)))
         rows += task_rows
+        all_ranks[f"{task}:user"] = np.where(task_examples.user >= 0, user_ids[task_examples.user.clip(0)],
+                                             "").astype(str)
+        all_ranks |= {f"{task}:{model_name}": r for model_name, r in ranks.items()}
     note = (f"Test requests at or after {time.strftime('%Y-%m-%d', time.gmtime(test_cut))} (global time cutoff), "
             f"full ranking over {seqs.n_items:,} items; similars and homepage exclude items the user already had "
             f"(and the source item), search excludes nothing. {int((~rankable).sum())} requests whose answer was "
             f"excluded are not counted. The intervals resample users (all their requests together), 2,000 draws. "
             + (f"EASE lambda {ease.lam:g}, chosen on validation." if ease else "EASE skipped: catalog too large."))
-    return rows, note
+    return rows, note, all_ranks
 
 
 def heads_table(rows: list[dict], note: str = "") -> str:
