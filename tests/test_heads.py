@@ -228,7 +228,12 @@ def test_homepage_page_has_no_repeats_and_caps_genres():
 
 
 def test_user_weighting_evens_out_heavy_users_within_each_task():
+    from recfm.heads.examples import _examples
     from recfm.platform.train.heads import user_weights
+
+    def _requests(task: str, users: list[int]) -> HeadExamples:
+        zeros = [0] * len(users)
+        return _examples(task, users, zeros, [-1] * len(users), [""] * len(users), zeros, zeros)
 
     # homepage: user 0 makes 4 requests, user 1 one; search: two anonymous requests and one of user 0
     ex = HeadExamples.concat([
@@ -243,10 +248,3 @@ def test_user_weighting_evens_out_heavy_users_within_each_task():
     assert np.allclose(per_user[ex.task == TASKS.index("search")], 1.0)  # anonymous requests are users of their own
     sqrt = user_weights(ex, 0.5)[ex.task == TASKS.index("homepage")]
     assert np.isclose(sqrt[0] / sqrt[4], 0.5)  # 4^-0.5
-
-
-def _requests(task: str, users: list[int]) -> HeadExamples:
-    n = len(users)
-    zeros = np.zeros(n, dtype=np.int64)
-    return HeadExamples(np.full(n, TASKS.index(task)), np.array(users), zeros, zeros - 1, np.full(n, "", dtype=object),
-                        zeros, zeros, zeros, zeros, zeros)
