@@ -89,7 +89,7 @@ def fold_cuts(ts: np.ndarray, folds: int, window: float, span: float) -> list[tu
     return cuts
 
 
-def pooled_rows(fold_ranks: list[dict[str, np.ndarray]]) -> list[dict]:
+def pooled_rows(fold_ranks: list[dict[str, np.ndarray]], level: float = 0.9) -> list[dict]:
     """Per task and model: NDCG@10 over every fold's requests, and the head minus it with its user interval."""
     rows = []
     for task in TASKS:
@@ -104,7 +104,7 @@ def pooled_rows(fold_ranks: list[dict[str, np.ndarray]]) -> list[dict]:
             row = {"task": task, "model": model, "NDCG@10": float(ndcg_at(ranks, 10).mean()),
                    "HR@10": float((ranks < 10).mean()), "requests": len(ranks), "users": len(np.unique(users))}
             if model != HEAD:
-                diff, low, high = paired_difference(head, ranks, users, 10)
+                diff, low, high = paired_difference(head, ranks, users, 10, level=level)
                 row |= {"diff": diff, "low": low, "high": high}
             rows.append(row)
     return rows
@@ -115,7 +115,19 @@ def fold_ndcg(ranks: dict[str, np.ndarray], task: str, model: str) -> str:
     return f"{ndcg_at(ranks[key], 10).mean():.4f}" if key in ranks else "-"
 
 
-def report(cuts, fold_ranks: list[dict[str, np.ndarray]], rows: list[dict], command: str) -> str:
+def pooled_table(rows: list[dict], title: str, level: float) -> list[str]:
+    lines = ["", f"{title} (the interval resamples users, with all their requests in every fold, 2,000 draws):", "",
+             "| task | model | HR@10 | NDCG@10 | requests (users) | the head's NDCG@10 minus this "
+             f"({level:.0%} interval) |", "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        versus = f"{row['diff']:+.4f} ({row['low']:+.4f} to {row['high']:+.4f})" if "diff" in row else ""
+        lines.append(f"| {row['task']} | {row['model']} | {row['HR@10']:.4f} | {row['NDCG@10']:.4f} | "
+                     f"{row['requests']:,} ({row['users']}) | {versus} |")
+    return lines
+
+
+def report(cuts, fold_ranks: list[dict[str, np.ndarray]], rows: list[dict], command: str, level: float,
+           fresh: list[dict], fresh_from: int) -> str:
     day = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t))  # noqa: E731
     lines = ["# Heads: rolling-origin backtest on ml-latest-small", "", f"Command: `{command}`", "",
              "| fold | heads learn from | test window | search / similars / homepage requests (users) |",
@@ -130,14 +142,9 @@ def report(cuts, fold_ranks: list[dict[str, np.ndarray]], rows: list[dict], comm
     for row in rows:
         lines.append(f"| {row['task']} | {row['model']} | "
                      + " | ".join(fold_ndcg(r, row["task"], row["model"]) for r in fold_ranks) + " |")
-    lines += ["", "Pooled over the folds (the interval resamples users, with all their requests in every fold, "
-              "2,000 draws):", "",
-              "| task | model | HR@10 | NDCG@10 | requests (users) | the head's NDCG@10 minus this (90% interval) |",
-              "|---|---|---:|---:|---:|---|"]
-    for row in rows:
-        versus = f"{row['diff']:+.4f} ({row['low']:+.4f} to {row['high']:+.4f})" if "diff" in row else ""
-        lines.append(f"| {row['task']} | {row['model']} | {row['HR@10']:.4f} | {row['NDCG@10']:.4f} | "
-                     f"{row['requests']:,} ({row['users']}) | {versus} |")
+    lines += pooled_table(rows, "Pooled over the folds", level)
+    if fresh:
+        lines += pooled_table(fresh, f"Pooled over folds {fresh_from} to {len(cuts) - 1} alone", level)
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +157,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--reuse", action="store_true", help="keep finished fold runs under --work")
     parser.add_argument("--heads", default=HEADS_DIR, help="the heads' directory in each fold's run (another name "
                         "with --reuse: train a variant of the heads on the same FMs)")
+    parser.add_argument("--level", type=float, default=0.9, help="the pooled bootstrap interval's coverage")
+    parser.add_argument("--fresh-from", type=int, default=0, help="also pool the folds from this one on alone "
+                        "(folds added to an earlier backtest, whose tests nobody has seen)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "heads-backtest.md")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every fold")
     args = parser.parse_args(argv)
@@ -162,8 +172,9 @@ def main(argv: list[str]) -> None:
         run_dir = run_fold(k, fold, DEMO_DATA, args.work, args.overrides, args.reuse, args.heads)
         with np.load(run_dir / args.heads / RANKS_FILE) as ranks:
             fold_ranks.append(dict(ranks))
-    text = report(cuts, fold_ranks, pooled_rows(fold_ranks),
-                  ".venv/bin/python bench/heads_backtest.py " + " ".join(argv))
+    text = report(cuts, fold_ranks, pooled_rows(fold_ranks, args.level),
+                  ".venv/bin/python bench/heads_backtest.py " + " ".join(argv), args.level,
+                  pooled_rows(fold_ranks[args.fresh_from:], args.level) if args.fresh_from else [], args.fresh_from)
     args.out.write_text(text)
     print(text)
     print(f"written to {args.out}")
