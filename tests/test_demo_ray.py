@@ -26,9 +26,9 @@ from recfm.platform.trained import TrainedRun
 
 TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
         "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
-        "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "eval.val_targets=2000", "heads.epochs=2",
+        "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "eval.val_targets=2000", "heads.epochs=1",
         "heads.max_train_per_task=300", "heads.max_test_per_task=300",
-        "distill.epochs=2", "eval.new_item_boosts=[0.0]"]  # EASE skipped: its 9,724² inverse is slow
+        "distill.epochs=1", "eval.new_item_boosts=[0.0]"]  # EASE skipped: its 9,724² inverse is slow
 
 
 @pytest.fixture(scope="module")
