@@ -9,7 +9,7 @@ import torch
 from recfm.fm.batching import inference_batch, training_batch
 from recfm.fm.config import ModelConfig, ObjectiveConfig
 from recfm.fm.model import UserFoundationModel
-from recfm.fm.objectives import TrainingObjective, choose_candidates, next_item_loss
+from recfm.fm.objectives import Candidates, TrainingObjective, choose_candidates, next_item_loss
 from recfm.fm.tokens import EventTokenizer, Facet
 
 HOUR = 3600
@@ -122,15 +122,61 @@ def test_sampled_candidates_hold_every_target_and_correct_for_sampling():
     assert full.logq is None and len(full.ids) == 100
 
 
-def test_sampled_softmax_over_the_whole_catalog_equals_full_softmax():
+def _hand_cross_entropy(queries, emb, ids, logq, targets, smoothing=0.0):
+    """Cross-entropy computed one query at a time, over the candidate ids in the order given."""
+    losses = []
+    for q, target in zip(queries, targets, strict=True):
+        logits = torch.stack([q @ emb[i] - (0.0 if logq is None else logq[j]) for j, i in enumerate(ids)])
+        log_p = logits - torch.logsumexp(logits[torch.isfinite(logits)], 0)
+        real = log_p[torch.isfinite(log_p)]
+        losses.append(-(1 - smoothing) * log_p[ids.tolist().index(int(target))] - smoothing * real.mean())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("logq", [True, False])
+def test_sampled_softmax_over_a_candidate_subset_is_the_hand_computed_cross_entropy(logq):
     torch.manual_seed(0)
-    queries, emb = torch.randn(6, 8), torch.randn(30, 8)
-    targets = torch.randint(0, 30, (6,))
-    full, _ = next_item_loss(queries, targets, emb, choose_candidates(targets[None], 30, "full", 1, None))
-    cands = choose_candidates(targets[None], 30, "sampled", 1, None)
-    cands.ids = torch.arange(30)  # every item is a candidate, no correction: the same loss
-    sampled, _ = next_item_loss(queries, targets, emb, cands)
-    assert torch.allclose(full, sampled)
+    n = 40
+    queries, emb = torch.randn(5, 8), torch.randn(n, 8)
+    targets = torch.tensor([[31, 7, 31, 12, 38]])
+    prob = torch.linspace(1, 10, n)
+    prob = prob / prob.sum()  # non-uniform: popular items are sampled more, so logQ must lower their logits
+    cands = choose_candidates(targets, n, "sampled", 6, prob if logq else None, torch.Generator().manual_seed(1))
+    assert len(cands.ids) < n and not cands.full
+    got, count = next_item_loss(queries, targets[0], emb[cands.ids], cands)
+    expected = _hand_cross_entropy(queries, emb, cands.ids, cands.logq, targets[0])
+    assert count == 5 and torch.allclose(got, expected, atol=1e-5)
+    if logq:  # the sign: the more often an item is sampled (higher id here), the more its logit is lowered
+        assert torch.all(cands.logq[1:] > cands.logq[:-1])
+        assert not torch.allclose(got, _hand_cross_entropy(queries, emb, cands.ids, None, targets[0]))
+
+
+def test_the_fused_cross_entropy_has_torch_s_loss_and_gradients():
+    torch.manual_seed(0)
+    queries, emb = torch.randn(7, 8, requires_grad=True), torch.randn(25, 8, requires_grad=True)
+    targets = torch.tensor([0, 24, 3, 3, 11, 24, 9])
+    got, _ = next_item_loss(queries, targets, emb, choose_candidates(targets[None], 25, "full", 1, None))
+    (2 * got).backward()
+    grads = queries.grad.clone(), emb.grad.clone()
+    queries.grad = emb.grad = None
+    expected = torch.nn.functional.cross_entropy(queries @ emb.T, targets)
+    (2 * expected).backward()
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(grads[0], queries.grad, atol=1e-6) and torch.allclose(grads[1], emb.grad, atol=1e-6)
+
+
+def test_label_smoothing_spreads_mass_over_real_candidates_only():
+    torch.manual_seed(0)
+    queries, emb = torch.randn(4, 8), torch.randn(20, 8)
+    targets = torch.tensor([3, 8, 3, 17])
+    full = choose_candidates(targets[None], 20, "full", 1, None)
+    got, _ = next_item_loss(queries, targets, emb, full, label_smoothing=0.1)
+    assert torch.allclose(got, torch.nn.functional.cross_entropy(queries @ emb.T, targets, label_smoothing=0.1))
+    # items excluded with an infinite logQ (no training events) take no share of the smoothed mass
+    blocked = Candidates(full.ids, torch.where(torch.arange(20) % 5 == 4, torch.inf, 0.0), full=True)
+    got, _ = next_item_loss(queries, targets, emb, blocked, label_smoothing=0.1)
+    assert torch.isfinite(got)
+    assert torch.allclose(got, _hand_cross_entropy(queries, emb, full.ids, blocked.logq, targets, 0.1), atol=1e-5)
 
 
 def test_training_windows_cover_every_target_once():

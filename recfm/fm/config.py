@@ -10,7 +10,7 @@ POSITIONS = ("learned", "rope")
 USER_REPR = ("last", "layer_mean")
 LOSSES = ("full", "sampled")
 SHARDING_TYPES = ("row_wise", "table_wise", "column_wise")
-SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adam")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam")
 
 
 class ModelConfigError(ValueError):
@@ -78,6 +78,7 @@ class ObjectiveConfig:
     action_weight: float = 0.0  # auxiliary: next action
     gap_weight: float = 0.0  # auxiliary: next gap bucket
     temperature: float = 1.0
+    label_smoothing: float = 0.0  # share of each next-item target's mass spread evenly over the candidates
 
     def offset_weights(self) -> list[float]:
         return list(self.mtp_weights) or [1.0 / k for k in range(1, self.mtp + 1)]
@@ -91,13 +92,17 @@ class ObjectiveConfig:
             raise ModelConfigError(f"objective.mtp_weights needs {self.mtp} weights, got {len(self.mtp_weights)}")
         if self.negatives < 1 or self.temperature <= 0:
             raise ModelConfigError("objective: negatives >= 1 and temperature > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ModelConfigError("objective.label_smoothing must be in [0, 1)")
 
 
 @dataclass
 class ShardingConfig:
     item: str = "row_wise"  # sharding type of the item table
     other: str = "table_wise"  # of every other facet table
-    sparse_optimizer: str = "rowwise_adagrad"  # fused into the backward pass: rowwise_adagrad | adam
+    # fused into the backward pass: rowwise_adagrad (one accumulator per row) | adagrad (one per element: twice the
+    # table's memory) | adam (CUDA only)
+    sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
 
     def validate(self) -> None:

@@ -22,15 +22,16 @@ from recfm.fm.model import UserFoundationModel
 
 @dataclass
 class Candidates:
-    ids: torch.Tensor  # int64 [C]: item ids to look up and score
-    logq: torch.Tensor | None  # [C] log sampling probability (inf: not a candidate), or None (full softmax)
+    ids: torch.Tensor  # int64 [C]: item ids to look up and score, sorted
+    logq: torch.Tensor | None  # [C] subtracted from the logits: log sampling probability (inf: not a candidate)
+    full: bool = False  # ids is the whole catalog (0 .. n-1), so an item id is its own column
 
 
 def choose_candidates(targets: torch.Tensor, n_items: int, loss: str, negatives: int,
                       item_prob: torch.Tensor | None, generator: torch.Generator | None = None) -> Candidates:
     """The items each step scores: the whole catalog, or in-batch targets plus uniform negatives."""
     if loss == "full":
-        return Candidates(torch.arange(n_items, device=targets.device), None)
+        return Candidates(torch.arange(n_items, device=targets.device), None, full=True)
     positives = targets[targets >= 0]
     uniform = torch.randint(0, n_items, (negatives,), generator=generator).to(targets.device)
     ids = torch.unique(torch.cat([positives, uniform]))
@@ -50,23 +51,54 @@ def _without_untrained(candidates: Candidates, has_id: torch.Tensor) -> Candidat
     if not bool(blocked.any()):
         return candidates
     penalty = torch.where(blocked, torch.inf, 0.0)
-    return Candidates(candidates.ids, penalty if candidates.logq is None else candidates.logq + penalty)
+    return Candidates(candidates.ids, penalty if candidates.logq is None else candidates.logq + penalty,
+                      candidates.full)
 
 
 def next_item_loss(queries: torch.Tensor, targets: torch.Tensor, candidate_emb: torch.Tensor,
-                   candidates: Candidates, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy of queries [M, D] against their target ids [M] (all >= 0) among the candidates."""
+                   candidates: Candidates, temperature: float = 1.0,
+                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of queries [M, D] against their target ids [M] (all >= 0) among the candidates.
+
+    `label_smoothing` moves that share of each target's probability mass evenly onto the real candidates
+    (those not excluded with an infinite logQ)."""
     if len(targets) == 0:
         return queries.sum() * 0.0, 0
     if temperature != 1.0:  # scale the [M, D] queries, not the [M, C] logits
         queries = queries / temperature
     logits = queries @ candidate_emb.T
-    if candidates.logq is None:
-        labels = targets
-    else:
+    if candidates.logq is not None:
         logits = logits - candidates.logq[None, :]
-        labels = torch.searchsorted(candidates.ids, targets)  # ids are sorted and contain every target
-    return F.cross_entropy(logits.float(), labels), len(targets)
+    # a sampled set holds a subset of the catalog: a target's column is its position among the sorted ids
+    labels = targets if candidates.full else torch.searchsorted(candidates.ids, targets)
+    if not label_smoothing:
+        return SoftmaxCrossEntropy.apply(logits.float(), labels), len(targets)
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+    real = torch.isfinite(log_p[0]) if candidates.logq is not None else None
+    uniform = -(log_p[:, real].mean(1) if real is not None else log_p.mean(1))
+    return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean(), len(targets)
+
+
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits [M, C] against labels [M], as F.cross_entropy, in fewer passes over the
+    [M, C] logits: forward keeps one logsumexp per row instead of a log-softmax matrix, and backward turns the
+    saved logits into softmax - one-hot in place instead of allocating and zero-filling a gradient matrix. With a
+    full-catalog softmax those passes were over a third of a training step. The logits must not be needed by
+    anything else afterwards (they are the matmul's output, which its own backward does not keep)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, lse, labels)
+        return (lse - logits.gather(1, labels[:, None]).squeeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, labels = ctx.saved_tensors
+        probs = logits.sub_(lse[:, None]).exp_()  # in place: the saved logits are not read again
+        probs[torch.arange(len(labels), device=labels.device), labels] -= 1
+        return probs.mul_(grad / len(labels)), None
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +139,7 @@ class TrainingObjective(nn.Module):
             targets = batch.targets[:, :, k - 1]
             mask = targets >= 0
             loss, _ = next_item_loss(self.model.query(out.hidden[mask], k), targets[mask], out.candidate_emb,
-                                     cands, cfg.temperature)
+                                     cands, cfg.temperature, cfg.label_smoothing)
             total = total + weight * loss
             parts[f"item@{k}"] = loss.detach()
         for name, head, labels, weight in (

@@ -3,8 +3,8 @@ ranks and DDP replicates the dense part; sparse tables get a fused optimiser app
 
 Which sharding types run for an `EmbeddingCollection` on CPU (gloo), verified in tests/test_sharding.py:
 row_wise, table_wise and column_wise. data_parallel does not (TorchRec's EmbeddingCollection input split
-fails on CPU), and fbgemm's CPU kernels offer only SGD and (row-wise) Adagrad as fused optimisers: Adam
-needs the CUDA kernels.
+fails on CPU), and fbgemm's CPU kernels offer only SGD and (row-wise or element-wise) Adagrad as fused
+optimisers: Adam needs the CUDA kernels.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def shard(module: nn.Module, embeddings: nn.Module, facets: list[str], cfg: Shar
     if cfg.sparse_optimizer == "adam" and device.type == "cpu":
         raise ModelConfigError("sharding.sparse_optimizer=adam needs CUDA: fbgemm's CPU kernels have no fused "
                                "Adam; use rowwise_adagrad")
-    sparse = RowWiseAdagrad if cfg.sparse_optimizer == "rowwise_adagrad" else torch.optim.Adam
+    sparse = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad,
+              "adam": torch.optim.Adam}[cfg.sparse_optimizer]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # apply_optimizer_in_backward is marked as private API
         _apply_optimizer_in_backward(sparse, embeddings.parameters(), {"lr": cfg.sparse_lr})
