@@ -25,6 +25,30 @@ def test_yaml_then_overrides(tmp_path):
     assert "batch_size: 128" in to_yaml(cfg)
 
 
+def test_a_config_builds_on_the_recipe_its_base_key_names(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("name: recipe\nmodel:\n  dropout: 0.5\n  dim: 32\ntrain:\n  lr: 0.002\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "one.yaml").write_text("base: ../recipe.yaml\nname: one\nmodel:\n  dim: 48\n")
+    cfg = load_config(tmp_path / "data" / "one.yaml", ["train.lr=0.003"])
+    # the recipe's settings, the file's own over them, the overrides over both
+    assert (cfg.name, cfg.model.dropout, cfg.model.dim, cfg.train.lr) == ("one", 0.5, 48, 0.003)
+    (tmp_path / "recipe.yaml").write_text("base: data/one.yaml\n")
+    with pytest.raises(ConfigError, match="comes back to itself"):
+        load_config(tmp_path / "data" / "one.yaml")
+
+
+def test_the_beauty_config_is_the_sequence_recipe_plus_its_data():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    recipe = load_config(configs / "sequences.yaml", ["data.source=" + str(configs)])
+    beauty_text = (configs / "beauty.yaml").read_text()
+    assert "base: sequences.yaml" in beauty_text
+    beauty = load_config(configs / "beauty.yaml", ["data.source=" + str(configs)])
+    for section in ("model", "objective", "train"):
+        assert getattr(beauty, section) == getattr(recipe, section), section
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["eval.batch_size=many"], "eval.batch_size"),
     (["data.split=random"], "data.split must be one of loo, time"),

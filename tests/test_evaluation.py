@@ -195,3 +195,34 @@ def test_the_warm_and_cold_table_splits_each_models_ranks(tmp_path):
     cold_ndcg = (1 / np.log2(5)) / 3
     assert f"| M | {2 / 3:.4f} | {warm_ndcg:.4f} | {1 / 3:.4f} | {cold_ndcg:.4f} |" in text
     assert "3 test targets on warm items, 3 on cold ones" in text
+
+
+def test_standardised_scores_have_zero_mean_and_unit_spread_over_the_items_left():
+    from recfm.platform.evaluation.blend import standardised
+
+    scores = torch.tensor([[1.0, 2.0, 3.0, -torch.inf], [5.0, 5.0, 9.0, 1.0]])
+    z = standardised(scores)
+    assert torch.isinf(z[0, 3]) and z[0, 3] < 0
+    for row in z:
+        finite = row[torch.isfinite(row)]
+        assert abs(float(finite.mean())) < 1e-6 and abs(float(finite.pow(2).mean()) - 1) < 1e-5
+
+
+def test_the_blend_weight_is_the_argmax_of_validation_and_is_tested_as_chosen(small):
+    from recfm.platform.evaluation.blend import ScoreBlend, tune_and_test_blend
+
+    weights = [0.1, 0.5, 2.0, 8.0]
+    result = tune_and_test_blend(ScoreBlend(MostPop(), EASE(lam=10.0), "pop+ease"), weights, small, [10])
+    by_weight = {}
+    for weight in [0.0, *weights]:  # the same figures, one full evaluation per weight
+        blend = ScoreBlend(MostPop(), EASE(lam=10.0), "pop+ease", weight)
+        blend.fit(small, "val")
+        by_weight[weight] = evaluate(blend, small, "val", [10])[0]["NDCG@10"]
+    chosen = result.params["weight"]
+    assert by_weight[chosen] == pytest.approx(max(by_weight.values())) and result.val_metric == pytest.approx(
+        by_weight[chosen])
+    assert chosen > 0 and by_weight[chosen] > by_weight[0.0]  # EASE's evidence lifts popularity here
+    blend = ScoreBlend(MostPop(), EASE(lam=10.0), "pop+ease", chosen)
+    blend.fit(small, "test")
+    assert evaluate(blend, small, "test", [10])[0]["NDCG@10"] == pytest.approx(result.metrics["NDCG@10"])
+    assert result.params["EASE.lambda"] == 10.0

@@ -38,7 +38,9 @@ def _overrides(root: Path, run: Path, *extra: str) -> list[str]:
 def reference(synthetic: Path, local_ray) -> Path:
     """An uninterrupted run: the figures a run that loses a worker must reach too."""
     run = synthetic / "reference"
-    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run)), log=lambda _: None)
+    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.refit_epochs=1",
+                                                          "train.refit_decay=true", "eval.baselines=[MostPop,EASE]")),
+          log=lambda _: None)
     return run
 
 
@@ -58,6 +60,29 @@ def test_train_checkpoints_and_test_in_one_process(reference: Path):
     models = {m["name"]: m for m in json.loads((reference / "results.json").read_text())["models"]}
     assert models["recfm-FM"]["metrics"]["NDCG@10"] > 2 * models["MostPop"]["metrics"]["NDCG@10"]
     assert (reference / "tb").is_dir() and any((reference / "tb").iterdir())
+
+
+def test_leave_one_out_is_refitted_on_train_and_validation_and_both_rows_are_tested(reference: Path):
+    models = {m["name"]: m for m in json.loads((reference / "results.json").read_text())["models"]}
+    before, refit = models["recfm-FM (before refit)"], models["recfm-FM"]
+    assert before["metrics"] != refit["metrics"]  # the refit's checkpoint, not the best one again, is tested
+    assert refit["metrics"]["NDCG@10"] > 2 * models["MostPop"]["metrics"]["NDCG@10"]
+    refit_epochs = [json.loads(line) for line in (reference / "refit_metrics.jsonl").read_text().splitlines()]
+    assert len(refit_epochs) == 1 and "val_ndcg10" not in refit_epochs[0]  # validation is training data now
+    # the cooldown: the refit's last step trained at a small share of train.lr (0.003 in smoke.yaml)
+    assert 0 < refit_epochs[0]["train/lr"] < 0.003 / 4
+    assert (reference / "final_checkpoint").resolve() != (reference / "best_checkpoint").resolve()
+
+
+def test_the_fm_is_also_tested_blended_with_ease_at_a_weight_chosen_on_validation(reference: Path):
+    models = {m["name"]: m for m in json.loads((reference / "results.json").read_text())["models"]}
+    blend, fm, ease = models["recfm-FM + EASE"], models["recfm-FM"], models["EASE"]
+    assert blend["params"]["weight"] in [0.0, *load_config(CONFIGS / "smoke.yaml").eval.blend_weights]
+    assert blend["params"]["EASE.lambda"] == ease["params"]["lambda"]
+    # weight 0 is the FM alone, so the chosen weight is at least as good on validation as the FM
+    assert blend["val_metric"] >= fm["val_metric"] - 1e-9
+    if blend["params"]["weight"] == 0:
+        assert blend["metrics"]["NDCG@10"] == pytest.approx(fm["metrics"]["NDCG@10"])
 
 
 def _training_workers(since: float) -> list[psutil.Process]:
@@ -130,7 +155,8 @@ def test_resume_continues_a_finished_run(reference: Path, local_ray):
     """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch (here
     under bf16 autocast, `train.bf16`, which a resume may switch on)."""
     before = _epochs(reference)
-    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}", "train.bf16=true"]),
+    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}", "train.bf16=true",
+                                                  "train.refit_epochs=0"]),
           resume=reference, log=lambda _: None)
     after = _epochs(reference)
     # the bf16 epoch trained: a finite loss no worse than a little above the float32 epoch before it

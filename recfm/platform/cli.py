@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue a run from its latest checkpoint (default: the newest run under runs/)")
     tr.set_defaults(run=_train)
 
+    tn = commands.add_parser("tune", help="search the foundation model's settings (tune.space) on Ray Tune, on "
+                                          "train + validation data only, then test the best trial once")
+    _config_args(tn)
+    tn.add_argument("--address", help="Ray cluster address (default: a local Ray started for this search)")
+    tn.add_argument("--resume", nargs="?", const="latest", metavar="TUNE_DIR",
+                    help="continue an interrupted search: finished trials are kept, unfinished ones continue "
+                         "(default: the newest search under runs/)")
+    tn.set_defaults(run=_tune)
+
     heads = commands.add_parser("heads", help="the task heads of a trained run")
     heads_commands = heads.add_subparsers(metavar="STEP")
     heads_train = heads_commands.add_parser("train", help="train and test the heads of a run (data.split=time)")
@@ -271,6 +280,23 @@ def _train(args: argparse.Namespace) -> None:
         cfg = _config(args)
     print(to_yaml(cfg), end="")
     train(cfg, args.address, resume)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from recfm.platform.rundir import CONFIG_FILE
+    from recfm.platform.tune import latest_tune_dir, tune
+
+    resume = None
+    if args.resume:
+        resume = latest_tune_dir() if args.resume == "latest" else Path(args.resume)
+        if resume is None or not (resume / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"no search to resume at {resume or 'runs/'}")
+        cfg = load_config(resume / CONFIG_FILE, [o for o in [args.config, *args.overrides] if o and "=" in o])
+        print(f"resuming {resume}")
+    else:
+        cfg = _config(args)
+    print(to_yaml(cfg), end="")
+    tune(cfg, args.address, resume)
 
 
 def _demo(args: argparse.Namespace) -> None:

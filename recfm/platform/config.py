@@ -6,8 +6,9 @@ file. `load_config` returns a plain dataclass tree; `to_yaml` is what runs print
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -71,6 +72,9 @@ class EvalConfig:
     # (with no baselines: costs at most new_item_cost, relative, against no boost)
     new_item_boosts: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0])
     new_item_cost: float = 0.02
+    # a "recfm-FM + EASE" row: z(FM) + w * z(EASE) per request, w chosen on validation among these (0 = the FM
+    # alone is always a candidate); [] = no such row
+    blend_weights: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
     seed: int = 0  # tie-breaking order of the ranking
 
     def validate(self) -> None:
@@ -84,6 +88,8 @@ class EvalConfig:
             raise ConfigError("eval.ease_lambdas must be positive")
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size must be at least 1")
+        if any(w < 0 for w in self.blend_weights):
+            raise ConfigError("eval.blend_weights must be >= 0")
         if not self.new_item_boosts or not 0 <= self.new_item_cost < 1:
             raise ConfigError("eval.new_item_boosts needs at least one value, and eval.new_item_cost must be in [0, 1)")
 
@@ -103,8 +109,10 @@ class TrainConfig:
     patience: int = 5  # validations without a better NDCG@10 before stopping
     max_minutes: float = 4.0  # stop (and test the best model) after this long; 0 = no limit (the demo's 4 keeps
     # `make demo` within 10 minutes on 2 cores)
-    refit_epochs: int = 3  # time split: before testing, continue the best checkpoint on every event before the
-    # test cutoff for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
+    refit_epochs: int = 3  # before testing, continue the best checkpoint on every event before the
+    # test cutoff (time split), or on every event before the test target (leave-one-out: train + validation),
+    # for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
+    refit_decay: bool = False  # the refit's learning rate falls linearly from train.lr to 0 (a cooldown)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
     bf16: bool = False  # bf16 autocast of the training forward (CPUs with AVX-512 BF16, or CUDA); the softmax and
     # the loss stay float32, validation and the test run in float32
@@ -229,6 +237,75 @@ class ContentConfig:
         self.cache_dir = str(Path(self.cache_dir).resolve())
 
 
+TUNABLE = ("model", "objective", "sharding", "train")  # the sections whose settings `recfm tune` may vary
+PER_TRIAL_RESOURCES = ("train.workers", "train.cpus_per_worker", "train.use_gpu")  # the same for every trial
+_RANGE_KEYS = {"low", "high", "log"}
+
+
+@dataclass
+class TuneConfig:
+    """`recfm tune`: a search over the FM's training settings on Ray Tune, each trial a training run on train +
+    validation data only, selected on validation NDCG@10; the best one alone is tested (docs/tuning.md)."""
+
+    # dotted config key -> a list of choices, or {low, high, log}: a uniform range (log-uniform with log: true;
+    # integers when both ends are). Nested keys (model: {dropout: [...]}) mean the same as dotted ones.
+    space: dict[str, Any] = field(default_factory=dict)
+    trials: int = 8  # configurations sampled from the space
+    max_minutes: float = 60.0  # the whole search's time budget (Tune's time_budget_s); 0 = none
+    scheduler: str = "asha"  # asha (stops weak trials early, by epoch) | fifo (every trial runs to its own end)
+    grace_epochs: int = 2  # asha: epochs every trial trains before it can be stopped
+    reduction_factor: int = 2  # asha: about 1 trial in this many goes on at each rung
+    concurrent: int = 1  # trials at once: each takes train.workers workers and 1 CPU for its driver
+    seed: int = 0  # of the sampling
+
+    def validate(self) -> None:
+        if not isinstance(self.space, dict):
+            raise ConfigError("tune.space must map dotted config keys to a list of choices or {low, high, log}")
+        self.space = _flat_space(self.space)
+        for key, spec in self.space.items():
+            if "." not in key or key.split(".", 1)[0] not in TUNABLE:
+                raise ConfigError(f"tune.space.{key}: only settings of {', '.join(TUNABLE)} can be tuned, by "
+                                  f"their dotted key (e.g. model.dropout)")
+            if key in PER_TRIAL_RESOURCES:
+                raise ConfigError(f"tune.space.{key}: every trial takes the same resources; set it outside the "
+                                  f"space")
+            space_values(key, spec)
+        _one_of("tune.scheduler", self.scheduler, ("asha", "fifo"))
+        if min(self.trials, self.concurrent, self.grace_epochs) < 1 or self.reduction_factor < 2:
+            raise ConfigError("tune: trials, concurrent and grace_epochs must be at least 1, reduction_factor at "
+                              "least 2")
+        if self.max_minutes < 0:
+            raise ConfigError("tune.max_minutes must be 0 (no budget) or more")
+
+
+def _flat_space(space: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict) and not _RANGE_KEYS & set(spec):
+            flat |= _flat_space(spec, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = spec
+    return flat
+
+
+def space_values(key: str, spec: Any) -> list:
+    """The values a `tune.space` spec can take that a check should try: every choice, or both ends of a range."""
+    if isinstance(spec, list | tuple):
+        if not spec:
+            raise ConfigError(f"tune.space.{key}: an empty list of choices")
+        return list(spec)
+    if isinstance(spec, dict):
+        if set(spec) - _RANGE_KEYS or not {"low", "high"} <= set(spec):
+            raise ConfigError(f"tune.space.{key}: a range is {{low, high, log}}, not {spec}")
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)) or not low < high:
+            raise ConfigError(f"tune.space.{key}: a range needs numbers low < high, not {low!r} and {high!r}")
+        if not isinstance(log, bool) or (log and low <= 0):
+            raise ConfigError(f"tune.space.{key}: log must be true or false, and a log range needs low > 0")
+        return [low, high]
+    raise ConfigError(f"tune.space.{key}: a spec is a list of choices or {{low, high, log}}, not {spec!r}")
+
+
 @dataclass
 class RecfmConfig:
     name: str = "demo"
@@ -244,6 +321,7 @@ class RecfmConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> None:
         for f in fields(self):
@@ -262,10 +340,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if base is not None:
             merged = OmegaConf.merge(merged, base)
         if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise ConfigError(f"config file {path} not found")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml(Path(path)))
         bad = [o for o in overrides or [] if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, not {bad[0]!r}")
@@ -281,6 +356,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()):
+    """A config file, over the file its `base:` key names (relative to it), and so on: a recipe (e.g.
+    configs/sequences.yaml) and the data-specific files built on it."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path}: its base: chain comes back to itself")
+    raw = OmegaConf.load(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path.resolve())), raw)
+
+
 def config_from_dict(raw: dict) -> RecfmConfig:
     """The typed config back from `asdict` (as sent to Ray workers), validated again."""
     return load_config(None, None, base=raw)
@@ -288,6 +377,35 @@ def config_from_dict(raw: dict) -> RecfmConfig:
 
 def to_yaml(config: RecfmConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def with_overrides(config: RecfmConfig, values: dict[str, Any]) -> RecfmConfig:
+    """`config` with dotted keys set to `values` (as `key=value` overrides would set them), validated again."""
+    raw = asdict(config)
+    for key, value in values.items():
+        node, *path = raw, *key.split(".")
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is a setting, not a section")
+        node[path[-1]] = value
+    return config_from_dict(raw)
+
+
+def check_tune_space(config: RecfmConfig) -> None:
+    """Every `tune.space` key names an existing setting, and each of its choices (of a range: both ends) gives a
+    valid config on its own."""
+    t = config.tune
+    for key, spec in t.space.items():
+        for value in space_values(key, spec):
+            try:
+                with_overrides(config, {key: value})
+            except ConfigError as err:
+                text = str(err).removeprefix(f"{key}: ")
+                raise ConfigError(f"tune.space.{key}: {text}") from None
+    if t.scheduler == "asha" and t.grace_epochs < config.train.val_every:
+        raise ConfigError(f"tune.grace_epochs ({t.grace_epochs}) must be at least train.val_every "
+                          f"({config.train.val_every}): ASHA compares trials on validation NDCG@10")
 
 
 def _one_of(key: str, value: object, allowed: tuple) -> None:

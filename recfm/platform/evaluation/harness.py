@@ -60,11 +60,14 @@ def masked_scores(scorer: Scorer, seqs: Sequences, users: np.ndarray, prefixes: 
     with torch.no_grad():
         for start in range(0, len(users), batch_size):
             batch, known = users[start:start + batch_size], prefixes[start:start + batch_size]
-            scores = scorer.score(batch, known).float().clone()
-            seen = seqs.request_history(batch, known).tocoo()
-            scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = (
-                -torch.inf)
-            yield start, scores
+            yield start, mask_history(scorer.score(batch, known).float().clone(), seqs, batch, known)
+
+
+def mask_history(scores: torch.Tensor, seqs: Sequences, users: np.ndarray, prefixes: np.ndarray) -> torch.Tensor:
+    """`scores` [requests, items] with each request's history items set to -inf, in place."""
+    seen = seqs.request_history(users, prefixes).tocoo()
+    scores[torch.from_numpy(seen.row.astype(np.int64)), torch.from_numpy(seen.col.astype(np.int64))] = -torch.inf
+    return scores
 
 
 def tune_and_test(scorer: Scorer, grid: list[dict], seqs: Sequences, ks: list[int], batch_size: int = 1024,

@@ -30,7 +30,8 @@ class TrainState:
     best_metric: float = -1.0
     best_epoch: int = 0
     stale: int = 0  # validations since the best one
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # training and validation time, over every attempt
+    best_elapsed_s: float = 0.0  # of it, until the end of the best epoch: the time to the best model
     stopped: str = ""  # why training ended, once it has
 
 

@@ -29,6 +29,8 @@ from recfm.platform.data.content import ensure_content
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
 from recfm.platform.data.prepare import cold_items
+from recfm.platform.evaluation.baselines import EASE
+from recfm.platform.evaluation.blend import ScoreBlend, tune_and_test_blend
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import (
     PROTOCOL_VERSION,
@@ -56,6 +58,7 @@ RAY_RUN_NAME = "train"
 REFIT_RUN_NAME = "refit"
 ITEM_PROB_FILE = "item_prob.npy"
 ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs
+FM_NAME = "recfm-FM"  # the final model's row (refitted when train.refit_epochs > 0)
 
 # Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
 # machines, and a hang on mismatched reports becomes an error instead.
@@ -82,15 +85,20 @@ def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = No
         best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
         log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
         final = best
-        if seqs.info.split == "time" and cfg.train.refit_epochs:
-            log(f"refit: {cfg.train.refit_epochs} more epochs on every event before the test cutoff (the baselines "
-                f"are refitted on them too)")
+        if cfg.train.refit_epochs:
+            log(f"refit: {cfg.train.refit_epochs} more epochs on every event before the test "
+                f"{'cutoff' if seqs.info.split == 'time' else 'target (train + validation)'} (the baselines are "
+                f"refitted on them too)")
             final = run_ray_training(cfg, run_dir, prepared, spec, address, log, refit_from=best)
         else:
             _link(run_dir / FINAL_LINK, best)
         results, notes = _baselines(seqs, cfg, log)
+        if final != best and seqs.info.split == "loo":  # the model as trained, beside its refit
+            results.append(test_checkpoint(best, spec, cfg, seqs, name=f"{FM_NAME} (before refit)"))
         results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if final != best else None,
                                        baselines=results))
+        blend = blend_with_ease(results, final, spec, cfg, seqs, best if final != best else None, log)
+        results += [blend] if blend is not None else []
         log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
         if cfg.heads.enabled and seqs.info.split == "time":
             train_heads(run_dir, cfg, address, log)
@@ -151,8 +159,9 @@ def start_ray(t: TrainConfig, address: str | None) -> None:
 
 
 def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
-                     log=print, refit_from: Path | None = None) -> Path:
-    """Runs the TorchTrainer; returns the best checkpoint's directory. With `refit_from`, continues that
+                     log=print, refit_from: Path | None = None, callbacks: list | None = None) -> Path:
+    """Runs the TorchTrainer; returns the best checkpoint's directory (`callbacks`: Ray Train callbacks, e.g.
+    `recfm tune`'s report to Ray Tune). With `refit_from`, continues that
     checkpoint on every event before the test cutoff for `train.refit_epochs` epochs instead (no validation),
     and returns the last checkpoint."""
     start_ray(cfg.train, address)
@@ -179,12 +188,16 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
         train_loop_config={"cfg": asdict(cfg), "spec": spec, "run_dir": str(run_dir),
                            "item_prob": str(run_dir / ITEM_PROB_FILE),
                            "item_content": str(run_dir / ITEM_CONTENT_FILE),
-                           "refit_from": str(refit_from) if refit_from else None},
+                           "refit_from": str(refit_from) if refit_from else None,
+                           # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
+                           "steps_per_epoch": None if t.stream_data else
+                           datasets["train"].count() // (t.batch_size * t.workers)},
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, storage_path=str(run_dir / RAY_DIR),
-            checkpoint_config=checkpoints, failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+            checkpoint_config=checkpoints, failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            callbacks=callbacks),
         datasets=datasets,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
     )
@@ -217,20 +230,37 @@ def _last_stop(run_dir: Path) -> str:
 
 
 def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
-                    val_checkpoint: Path | None = None, baselines: list[ModelResult] = ()) -> ModelResult:
+                    val_checkpoint: Path | None = None, baselines: list[ModelResult] = (),
+                    name: str = FM_NAME) -> ModelResult:
     """The checkpoint, gathered into one process, through the same harness as the baselines: tuned on
     validation with `val_checkpoint` (the model before its refit) where given, tested with `checkpoint`
     (`baselines`: their rows, whose validation ranks bound the new-item prior)."""
     model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
     state = read_state(checkpoint)
     params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
-              "facets": len(model.facets)}
-    scorer = FoundationScorer(model, name="recfm-FM", params=params, val_model=val_model)
+              "facets": len(model.facets), "min_to_best": round(state.best_elapsed_s / 60, 1)}
+    scorer = FoundationScorer(model, name=name, params=params, val_model=val_model)
     grid = []
     if model.content is not None:  # one value, chosen on validation by the rule below, then tested
         grid = [{"new_item_boost": choose_new_item_boost(scorer, seqs, cfg.eval, baselines)}]
     return tune_and_test(scorer, grid, seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
                          val_targets=cfg.eval.val_targets)
+
+
+def blend_with_ease(results: list[ModelResult], checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
+                    val_checkpoint: Path | None = None, log=print) -> ModelResult | None:
+    """The "recfm-FM + EASE" row (`eval.blend_weights`): the tested FM's scores fused with EASE's at the lambda
+    EASE's own row chose, the weight chosen on validation; None without an EASE row or weights."""
+    ease = next((r for r in results if r.name == "EASE"), None)
+    fm = next((r for r in results if r.name == FM_NAME), None)
+    if ease is None or fm is None or not cfg.eval.blend_weights:
+        return None
+    model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
+    scorer = FoundationScorer(model, name=FM_NAME, params=fm.params, val_model=val_model)
+    scorer.new_item_boost = fm.params.get("new_item_boost", 0.0)
+    blend = ScoreBlend(scorer, EASE(ease.params["lambda"]), name=f"{FM_NAME} + EASE")
+    e = cfg.eval
+    return tune_and_test_blend(blend, e.blend_weights, seqs, e.ks, e.batch_size, e.seed, e.val_targets, log)
 
 
 def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig,
@@ -273,7 +303,9 @@ def cold_targets(seqs: Sequences) -> np.ndarray | None:
 def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
     """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
     e = cfg.eval
-    key = json.dumps(asdict(e) | {"protocol": PROTOCOL_VERSION, "ranks": True, "val_ranks": True}, sort_keys=True)
+    # what the baselines depend on: not the FM's own evaluation settings
+    settings = {k: v for k, v in asdict(e).items() if k not in ("new_item_boosts", "new_item_cost", "blend_weights")}
+    key = json.dumps(settings | {"protocol": PROTOCOL_VERSION, "ranks": True, "val_ranks": True}, sort_keys=True)
     cache = seqs.directory / f"baselines-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
     if cache.exists():
         cached = json.loads(cache.read_text())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +76,15 @@ def train_worker(config: dict) -> None:
         epoch = state.epoch + 1
         started = time.perf_counter()
         collate = TrainingCollate(tokenizer, mcfg.max_len, cfg.objective.mtp)
+        schedule = _Schedule(t.warmup_steps, refit and t.refit_decay, epoch, epochs, state.step,
+                             config.get("steps_per_epoch"))
         sums = _train_epoch(training, train_shard.iter_torch_batches(
             batch_size=t.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=4 * t.batch_size,
-            local_shuffle_seed=t.seed * 7919 + epoch), state, cfg)
+            local_shuffle_seed=t.seed * 7919 + epoch), state, cfg, schedule)
         metrics = _all_mean(sums, world)
         seconds = _all_max(time.perf_counter() - started)
         metrics["train/events_per_s"] = metrics.pop("events") * world / seconds
-        metrics["train/lr"] = _lr(state.step, t)
+        metrics["train/lr"] = t.lr * schedule.factor(state.step - 1)
         # the largest worker's peak resident memory so far (streamed data must keep it bounded)
         metrics["worker/peak_rss_mb"] = _all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         state.epoch = epoch
@@ -93,6 +95,9 @@ def train_worker(config: dict) -> None:
             metrics |= validate(training.model, val_batches, model.n_items, seed=cfg.eval.seed)
             _early_stopping(state, metrics[SELECTION], epoch, t.patience)
         state.elapsed_s += _all_max(time.perf_counter() - started)
+        metrics["elapsed_min"] = state.elapsed_s / 60
+        if validating and state.best_epoch == epoch:
+            state.best_elapsed_s = state.elapsed_s
         if t.max_minutes and state.elapsed_s > 60 * t.max_minutes and not state.stopped and not refit:
             state.stopped = f"time budget of {t.max_minutes:g} minutes reached"
         if epoch == epochs and not state.stopped:
@@ -112,13 +117,17 @@ def train_worker(config: dict) -> None:
     logger.close()
 
 
-def _train_epoch(training: ShardedTraining, batches, state: TrainState, cfg: RecfmConfig) -> dict[str, float]:
+def _train_epoch(training: ShardedTraining, batches, state: TrainState, cfg: RecfmConfig,
+                 schedule: _Schedule) -> dict[str, float]:
     sums: dict[str, float] = {"events": 0.0}
     steps = 0
     for batch in batches:
-        lr = _lr(state.step, cfg.train)
+        factor = schedule.factor(state.step)
         for group in training.dense_optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = cfg.train.lr * factor
+        if schedule.decay:  # a cooldown lowers the sparse tables' rate too (warm-up is the dense weights' alone)
+            for group in training.model.fused_optimizer.param_groups:
+                group["lr"] = cfg.sharding.sparse_lr * factor
         training.optimizer.zero_grad()  # first: it also hands the fused kernels their learning rate
         with torch.autocast("cuda" if cfg.train.use_gpu else "cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
             loss, parts = training.model(batch)
@@ -134,9 +143,27 @@ def _train_epoch(training: ShardedTraining, batches, state: TrainState, cfg: Rec
     return means | {"events": sums["events"]}
 
 
-def _lr(step: int, t) -> float:
-    """Linear warm-up, then constant: early stopping decides the length, so there is no decay horizon."""
-    return t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
+@dataclass
+class _Schedule:
+    """The learning rate of one epoch's steps. Training: linear warm-up, then constant (early stopping decides the
+    length, so there is no decay horizon). A refit with `train.refit_decay`: from train.lr linearly down to 0 over
+    its epochs (a cooldown), by step where the epoch's length is known, else by epoch."""
+
+    warmup_steps: int
+    decay: bool
+    epoch: int  # 1-based, of `epochs`
+    epochs: int
+    first_step: int  # the step counter at this epoch's start (a refit continues its checkpoint's counter)
+    steps_per_epoch: int | None
+
+    def factor(self, step: int) -> float:
+        """The share of the configured learning rates that `step` trains at."""
+        if not self.decay:
+            return min(1.0, (step + 1) / max(self.warmup_steps, 1))
+        if not self.steps_per_epoch:
+            return 1 - (self.epoch - 1) / self.epochs
+        done = (self.epoch - 1) * self.steps_per_epoch + step - self.first_step
+        return max(0.0, 1 - done / (self.epochs * self.steps_per_epoch))
 
 
 def _early_stopping(state: TrainState, value: float, epoch: int, patience: int) -> None:
