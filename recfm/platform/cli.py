@@ -265,37 +265,36 @@ def _content_embed(args: argparse.Namespace) -> None:
     embed_catalog(prepared, Path(cfg.content.cache_dir), cfg.content.batch_size, progress=sys.stderr.isatty())
 
 
-def _train(args: argparse.Namespace) -> None:
-    from recfm.platform.rundir import CONFIG_FILE, latest_run
-    from recfm.platform.train.job import train
+def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[RecfmConfig, Path | None]:
+    """The config of a new job, or with --resume the saved config of the directory it continues (`latest()`
+    for a bare --resume), with any KEY=VALUE overrides; printed either way."""
+    from recfm.platform.rundir import CONFIG_FILE
 
     resume = None
     if args.resume:
-        resume = latest_run() if args.resume == "latest" else Path(args.resume)
+        resume = latest() if args.resume == "latest" else Path(args.resume)
         if resume is None or not (resume / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"no run to resume at {resume or 'runs/'}")
+            raise FileNotFoundError(f"no {what} to resume at {resume or 'runs/'}")
         cfg = load_config(resume / CONFIG_FILE, [o for o in [args.config, *args.overrides] if o and "=" in o])
         print(f"resuming {resume}")
     else:
         cfg = _config(args)
     print(to_yaml(cfg), end="")
+    return cfg, resume
+
+
+def _train(args: argparse.Namespace) -> None:
+    from recfm.platform.rundir import latest_run
+    from recfm.platform.train.job import train
+
+    cfg, resume = _config_or_resumed(args, latest_run, "run")
     train(cfg, args.address, resume)
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from recfm.platform.rundir import CONFIG_FILE
     from recfm.platform.tune import latest_tune_dir, tune
 
-    resume = None
-    if args.resume:
-        resume = latest_tune_dir() if args.resume == "latest" else Path(args.resume)
-        if resume is None or not (resume / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"no search to resume at {resume or 'runs/'}")
-        cfg = load_config(resume / CONFIG_FILE, [o for o in [args.config, *args.overrides] if o and "=" in o])
-        print(f"resuming {resume}")
-    else:
-        cfg = _config(args)
-    print(to_yaml(cfg), end="")
+    cfg, resume = _config_or_resumed(args, latest_tune_dir, "search")
     tune(cfg, args.address, resume)
 
 
