@@ -91,6 +91,21 @@ def test_blockwise_window_attention_equals_the_masked_dense_one(t, window):
     torch.testing.assert_close(local_attention(q, k, v, window), dense)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"positions": "rope"}, {"window": 3}, {"heads": 4}])
+def test_packed_transformer_is_the_padded_one_on_real_tokens(overrides):
+    """The FM runs the transformer packed (per-token work on real tokens only); export traces the padded path."""
+    transformer = _model(**overrides).transformer.eval()
+    lengths = torch.tensor([7, 1, 12, 3])
+    x = torch.randn(4, 12, transformer.blocks[0].norm1.normalized_shape[0], generator=torch.Generator().manual_seed(1))
+    real = torch.arange(12)[None, :] < lengths[:, None]
+    padded, padded_layers = transformer(x, lengths)
+    packed, packed_layers = transformer(x, lengths, packed=True)
+    torch.testing.assert_close(packed[real], padded[real])
+    for a, b in zip(packed_layers, padded_layers, strict=True):
+        torch.testing.assert_close(a[real], b[real])
+    assert not packed[~real].any()  # padded positions are never computed
+
+
 def test_padding_does_not_change_a_users_vector():
     rows = _rows(2)
     model = _model()

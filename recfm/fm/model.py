@@ -95,7 +95,7 @@ class UserFoundationModel(nn.Module):
             tokens = torch.stack(per_facet).sum(0)
         tokens = self.token_dropout(self.token_norm(tokens))
         x = _pad(tokens, batch.lengths, max(int(batch.lengths.max()), 1) if batch.size else 1)
-        hidden, layers = self.transformer(x, batch.lengths)
+        hidden, layers = self.transformer(x, batch.lengths, packed=True)
         last = (batch.lengths - 1).clamp(min=0)
         rows = torch.arange(batch.size, device=hidden.device)
         if self.cfg.user_repr == "layer_mean":
