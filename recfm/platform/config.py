@@ -73,8 +73,10 @@ class EvalConfig:
     new_item_boosts: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0])
     new_item_cost: float = 0.02
     # a "recfm-FM + EASE" row: z(FM) + w * z(EASE) per request, w chosen on validation among these (0 = the FM
-    # alone is always a candidate); [] = no such row
-    blend_weights: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0])
+    # alone is always a candidate); [] = no such row. Weights above 1 let files where co-occurrence carries more
+    # than order lean on EASE (w = 10 is EASE's order with the FM breaking its near-ties)
+    blend_weights: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0,
+                                                                  5.0, 10.0])
     seed: int = 0  # tie-breaking order of the ranking
 
     def validate(self) -> None:
