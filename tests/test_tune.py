@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from recfm.platform.cli import main
-from recfm.platform.config import check_tune_space, load_config
+from recfm.platform.config import check_tune_space, load_config, tuned_values
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECFM = Path(sys.executable).parent / "recfm"
@@ -43,7 +43,7 @@ def synthetic(tmp_path_factory) -> Path:
 def _overrides(root: Path, run: Path, *extra: str) -> list[str]:
     return [f"data.source={root / 'syn'}", f"data.cache_dir={root / 'cache'}", f"run_dir={run}",
             f"train.epochs={EPOCHS}", "train.workers=1", "eval.baselines=[MostPop]", f"tune.trials={TRIALS}",
-            "tune.grace_epochs=2", "tune.seed=1", SPACE, *extra]
+            "tune.grace_epochs=2", "tune.seed=1", "tune.start_with_base=false", SPACE, *extra]
 
 
 def test_config_errors_are_one_line_and_help_needs_no_torch(capsys):
@@ -71,6 +71,12 @@ def test_config_errors_are_one_line_and_help_needs_no_torch(capsys):
     check_tune_space(beauty)
     assert {"model.dropout", "train.lr", "model.dim"} <= set(beauty.tune.space)
     assert beauty.tune.scheduler == "asha" and beauty.tune.max_minutes == 110
+    # its first trial is the hand-set recipe (beauty.yaml's own values), so the search is measured against it
+    first = tuned_values(beauty)
+    assert set(first) == set(beauty.tune.space)
+    hand_set = load_config(CONFIGS / "beauty.yaml")
+    assert first["model.dropout"] == hand_set.model.dropout == 0.5 and first["model.dim"] == hand_set.model.dim == 128
+    assert first["train.lr"] == hand_set.train.lr and first["sharding.sparse_lr"] == hand_set.sharding.sparse_lr
 
 
 def _registered_epoch(run_dir: Path) -> int:

@@ -259,6 +259,9 @@ class TuneConfig:
     reduction_factor: int = 2  # asha: about 1 trial in this many goes on at each rung
     concurrent: int = 1  # trials at once: each takes train.workers workers and 1 CPU for its driver
     seed: int = 0  # of the sampling
+    # the first trial runs the config's own values of the tuned keys (the hand-set recipe), so the search is
+    # measured against it under the same budget; the other trials are sampled
+    start_with_base: bool = True
 
     def validate(self) -> None:
         if not isinstance(self.space, dict):
@@ -408,6 +411,17 @@ def check_tune_space(config: RecfmConfig) -> None:
     if t.scheduler == "asha" and t.grace_epochs < config.train.val_every:
         raise ConfigError(f"tune.grace_epochs ({t.grace_epochs}) must be at least train.val_every "
                           f"({config.train.val_every}): ASHA compares trials on validation NDCG@10")
+
+
+def tuned_values(config: RecfmConfig) -> dict[str, Any]:
+    """The config's own value of each `tune.space` key (what `tune.start_with_base` runs first)."""
+    values = {}
+    for key in config.tune.space:
+        value = asdict(config)
+        for part in key.split("."):
+            value = value[part]
+        values[key] = value
+    return values
 
 
 def _one_of(key: str, value: object, allowed: tuple) -> None:

@@ -48,6 +48,7 @@ from recfm.platform.config import (
     config_from_dict,
     load_config,
     to_yaml,
+    tuned_values,
     with_overrides,
 )
 from recfm.platform.rundir import CONFIG_FILE, RUNS_DIR, create_run_dir
@@ -245,12 +246,14 @@ def _search(cfg: RecfmConfig, tune_dir: Path, fit_data: Path, resume: bool, log)
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(t.grace_epochs, epochs),
                                    reduction_factor=t.reduction_factor, stop_last_trials=False)
                      if t.scheduler == "asha" else FIFOScheduler())
+        first = [tuned_values(cfg)] if t.start_with_base else []  # the hand-set recipe, under the same budget
         tuner = ray.tune.Tuner(
             trainable,
             param_space={key: _domain(spec) for key, spec in t.space.items()},
             tune_config=ray.tune.TuneConfig(
                 metric=METRIC, mode="max",
-                search_alg=BasicVariantGenerator(max_concurrent=t.concurrent, random_state=t.seed),
+                search_alg=BasicVariantGenerator(points_to_evaluate=first, max_concurrent=t.concurrent,
+                                                 random_state=t.seed),
                 scheduler=scheduler, num_samples=t.trials,
                 time_budget_s=60 * t.max_minutes if t.max_minutes else None,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
@@ -573,10 +576,12 @@ def _report(cfg: RecfmConfig, records: list[dict], best: dict, results_md: str) 
         "| rank | trial | " + " | ".join(keys) + " | best val NDCG@10 | best epoch | epochs | status |",
         "|---:|---|" + "---|" * len(keys) + "---:|---:|---:|---|",
     ]
+    base = tuned_values(cfg) if t.start_with_base else None
     for rank, r in enumerate(ranked, 1):
         value = "-" if r["best_val_ndcg10"] is None else f"{r['best_val_ndcg10']:.4f}"
         status = r["status"] + (f": {r['stopped']}" if r["stopped"] else "") + (f": {r['error']}" if r["error"] else "")
-        lines.append(f"| {rank} | {r['trial_id']} | " + " | ".join(_value_text(r["settings"].get(k)) for k in keys)
+        name = r["trial_id"] + (" (the config's own values)" if r["settings"] == base else "")
+        lines.append(f"| {rank} | {name} | " + " | ".join(_value_text(r["settings"].get(k)) for k in keys)
                      + f" | {value} | {r['best_epoch'] or '-'} | {r['epochs']} | {status} |")
     lines += ["", f"![validation NDCG@10 by setting, and the curves]({PLOT_FILE})", "",
               "## Test: the best trial's best checkpoint beside the baselines (run once)", "", results_md.strip(), ""]
