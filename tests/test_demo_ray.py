@@ -127,11 +127,11 @@ sys.meta_path.insert(0, _Refuse())
 """
 
 
-def test_the_readme_consumer_scores_with_onnxruntime_alone(run, tmp_path):
+def test_the_documented_consumer_scores_with_onnxruntime_alone(run, tmp_path):
     from recfm.platform.train.distill import load_student
     from recfm.serving_exports.serving import ServingModel
 
-    code = CONSUMER.search((Path(__file__).parents[1] / "README.md").read_text()).group(1)
+    code = CONSUMER.search((Path(__file__).parents[1] / "docs" / "export.md").read_text()).group(1)
     (tmp_path / "sitecustomize.py").write_text(NO_RECFM)  # recfm, torch and torchrec cannot be imported
     env = os.environ | {"PYTHONPATH": str(tmp_path), "RECFM_EXPORT": str(run / "export" / "student")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,

@@ -13,7 +13,7 @@ trained ID embeddings of the `new_item_neighbours` other items with the nearest 
 ID and borrows exactly as scoring and serving do for a new title, so what the model learns about borrowed IDs is
 what a new title gets (`new_item_neighbours=0` gives a single learned "no ID" vector instead, which ranks every
 new title as one block; on ml-latest-small's held-out cold items borrowing raised cold NDCG@50 severalfold at
-the same cost on warm items: README, "Content and cold start"). The neighbour lists are exact (text vectors of
+the same cost on warm items: docs/content.md). The neighbour lists are exact (text vectors of
 the items with IDs, in row chunks: O(items² · dim), seconds for 10^4 items) and follow `has_id` and the vectors
 whenever either changes. The neighbours' IDs are looked up with the item table's other features, so a sharded
 table serves them too (`UserFoundationModel.forward`).
