@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean bench bench-quick
+.PHONY: install demo test test-fast lint clean bench bench-quick
 
 install: $(STAMP)
 
@@ -22,8 +22,11 @@ $(STAMP): requirements.txt excludes.txt pyproject.toml
 demo: install
 	$(VENV)/bin/recfm demo
 
-test: install
-	$(PY) -m pytest -q --durations=12
+test: install  # every test: unit, then integration (real Ray, PostgreSQL, TorchRec across processes)
+	$(PY) -m pytest -q --durations=15 tests/unit tests/integration
+
+test-fast: install  # unit tests only: no Ray, no servers, one process; under 2 minutes
+	$(PY) -m pytest -q --durations=5 tests/unit
 
 # Benchmarks (not tests): figures as ratios against references measured in the same run; bench/results/.
 bench: install

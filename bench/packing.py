@@ -6,7 +6,7 @@ A Ray worker's training step at the sequence recipe's shape (`configs/sequences.
 windows of up to 50 events, full softmax): forward and backward of the unsharded model with its loss, on windows
 cut from Amazon Beauty's real sequence lengths (a synthetic long-tailed length mix where the file is absent).
 The two modes alternate step by step on the same batches; the figure is the ratio of median step times. Both
-compute the same function (tests/test_model.py compares them); only the work on padded positions differs.
+compute the same function (tests/unit/fm/test_model.py compares them); only the work on padded positions differs.
 Writes packing.md.
 """
 

@@ -6,9 +6,7 @@ import gzip
 from pathlib import Path
 
 import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BEAUTY = SHARED_DATA / "amazon-beauty" / "Beauty.txt.gz"
+from paths import BEAUTY
 
 MOVIES = "movieId,title,genres\n1,Toy Story (1995),Animation|Children\n2,Heat (1995),Action\n3,Up (2009),Animation\n"
 RATINGS = ("userId,movieId,rating,timestamp\n"

@@ -1,7 +1,7 @@
 """Parallelism, applied in one place after the model is built: TorchRec shards the facet tables across
 ranks and DDP replicates the dense part; sparse tables get a fused optimiser applied during backward.
 
-Which sharding types run for an `EmbeddingCollection` on CPU (gloo), verified in tests/test_sharding.py:
+Which sharding types run for an `EmbeddingCollection` on CPU (gloo), verified in tests/integration/test_sharding.py:
 row_wise, table_wise and column_wise. data_parallel does not (TorchRec's EmbeddingCollection input split
 fails on CPU), and fbgemm's CPU kernels offer only SGD and (row-wise or element-wise) Adagrad as fused
 optimisers: Adam needs the CUDA kernels.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from paths import CONFIGS
 
 from recfm.platform.config import DEMO_DATA, ConfigError, load_config, to_yaml
 
@@ -38,9 +39,8 @@ def test_a_config_builds_on_the_recipe_its_base_key_names(tmp_path):
 
 
 def test_the_beauty_config_is_the_sequence_recipe_plus_its_data():
-    from pathlib import Path
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = CONFIGS
     recipe = load_config(configs / "sequences.yaml", ["data.source=" + str(configs)])
     beauty_text = (configs / "beauty.yaml").read_text()
     assert "base: sequences.yaml" in beauty_text

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+CONFIG = ROOT / "ray_cluster.yaml"
 
 
 def _load() -> dict:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from paths import CONFIGS
 
 from recfm.platform.config import load_config
 from recfm.platform.train.job import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EPOCHS = 4
 
 

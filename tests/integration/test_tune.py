@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from paths import CONFIGS
 
 from recfm.platform.cli import main
 from recfm.platform.config import check_tune_space, load_config, tuned_values
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECFM = Path(sys.executable).parent / "recfm"
 EPOCHS = 6
 TRIALS = 2

@@ -11,11 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from paths import DOCS
 
 from recfm.heads.context import Request
 from recfm.heads.examples import TASKS
@@ -131,7 +131,7 @@ def test_the_documented_consumer_scores_with_onnxruntime_alone(run, tmp_path):
     from recfm.platform.train.distill import load_student
     from recfm.serving_exports.serving import ServingModel
 
-    code = CONSUMER.search((Path(__file__).parents[1] / "docs" / "export.md").read_text()).group(1)
+    code = CONSUMER.search((DOCS / "export.md").read_text()).group(1)
     (tmp_path / "sitecustomize.py").write_text(NO_RECFM)  # recfm, torch and torchrec cannot be imported
     env = os.environ | {"PYTHONPATH": str(tmp_path), "RECFM_EXPORT": str(run / "export" / "student")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
