@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean bench bench-quick
+.PHONY: install demo test test-fast lint docs clean bench bench-quick
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench: install
 bench-quick: install  # the same comparisons at small scale, under 5 minutes; the last line is the throughput ratio
 	$(PY) bench/scale.py --quick
 	$(PY) bench/peers.py --quick
+
+docs: install  # the generated reference (a unit test fails when it is stale)
+	$(VENV)/bin/recfm config --reference > docs/configuration.md
 
 lint: install
 	$(VENV)/bin/ruff check recfm tests bench

@@ -20,31 +20,50 @@ class ModelConfigError(ValueError):
 @dataclass
 class ModelConfig:
     dim: int = 64
+    """transformer width (and of every embedding table)"""
     layers: int = 2
+    """transformer blocks"""
     heads: int = 2
+    """attention heads (dim must be divisible by them)"""
     ffn_mult: int = 4
+    """feed-forward width, as a multiple of dim"""
     dropout: float = 0.2
-    max_len: int = 100  # training window; longer histories are cut into windows of this many targets
-    window: int = 0  # sliding-window attention span (0 = full causal attention)
-    positions: str = "learned"  # learned | rope
-    combine: str = "sum"  # how facet embeddings merge into one token: sum | concat (then project)
-    # facets used as token inputs; "all" = item + every categorical facet in the data + hour, day, gap (when the
-    # data has real time) + engagement (when it has values). "item" alone gives an ID-only model.
+    """on tokens, attention and feed-forward"""
+    max_len: int = 100
+    """training window; longer histories are cut into windows of this many targets, inference reads the latest"""
+    window: int = 0
+    """sliding-window attention span (0 = full causal attention); computed blockwise, O(length x window)"""
+    positions: str = "learned"
+    """learned | rope"""
+    combine: str = "sum"
+    """how facet embeddings merge into one token: sum | concat (then project)"""
     facets: list[str] = field(default_factory=lambda: ["all"])
-    engagement_buckets: int = 8  # value quantile buckets for the engagement facet
-    gap_buckets: int = 32  # log2-spaced buckets of seconds since the previous event
-    user_repr: str = "last"  # last hidden state, or its mean over layers
+    """facets used as token inputs; [all] = item + every categorical facet in the data + hour, day, gap (when the data
+    has real time) + engagement (when it has values); [item] alone gives an ID-only model"""
+    engagement_buckets: int = 8
+    """value quantile buckets for the engagement facet"""
+    gap_buckets: int = 32
+    """log2-spaced buckets of seconds since the previous event"""
+    user_repr: str = "last"
+    """last (the last hidden state) | layer_mean (its mean over layers)"""
     item_init_std: float = 0.02
-    # content (`recfm content embed`): each item vector adds a projection of its text vector (and its semantic-ID
-    # code embeddings) to its ID embedding; IDs are dropped with probability id_dropout in training
-    content: bool = True  # data with no item text (Amazon Beauty's sequence file) needs false
-    content_dim: int = 384  # the text encoder's width
+    """standard deviation of the item table's initial rows"""
+    content: bool = True
+    """each item vector adds a projection of its text vector (`recfm content embed`, and its semantic-ID code
+    embeddings) to its ID embedding; data with no item text (Amazon Beauty's sequence file) needs false"""
+    content_dim: int = 384
+    """the text encoder's width"""
     id_dropout: float = 0.2
-    semantic_levels: int = 0  # residual k-means levels of semantic IDs (0 = none; needs content)
-    semantic_codes: int = 64  # codes per level
-    # scoring and serving: an item with no trained ID borrows one from the items with the nearest text
-    new_item_neighbours: int = 10  # how many (0 = the learned "no ID" vector instead)
-    new_item_temperature: float = 0.05  # softmax temperature over their cosine similarities
+    """training: share of item ID embeddings dropped (and borrowed from text neighbours)"""
+    semantic_levels: int = 0
+    """residual k-means levels of semantic IDs (0 = none; needs content)"""
+    semantic_codes: int = 64
+    """codes per semantic-ID level"""
+    new_item_neighbours: int = 10
+    """scoring and serving: an item with no trained ID borrows the softmax(cos / T)-weighted mean of the IDs of this
+    many items with the nearest text (0 = one learned "no ID" vector instead)"""
+    new_item_temperature: float = 0.05
+    """T of that softmax over cosine similarities"""
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -70,15 +89,24 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    loss: str = "full"  # full softmax over the catalog, or sampled softmax (in-batch + uniform negatives)
-    negatives: int = 1024  # uniform negatives per step for the sampled softmax
-    logq: bool = True  # correct sampled logits by log sampling probability
-    mtp: int = 1  # multi-token prediction: predict the next K items
-    mtp_weights: list[float] = field(default_factory=list)  # per offset; default 1, 1/2, 1/3, ...
-    action_weight: float = 0.0  # auxiliary: next action
-    gap_weight: float = 0.0  # auxiliary: next gap bucket
+    loss: str = "full"
+    """full (softmax over the catalog) | sampled (softmax over in-batch + uniform negatives)"""
+    negatives: int = 1024
+    """uniform negatives per step for the sampled softmax"""
+    logq: bool = True
+    """sampled softmax: correct logits by the log sampling probability"""
+    mtp: int = 1
+    """multi-token prediction: predict the next K items"""
+    mtp_weights: list[float] = field(default_factory=list)
+    """per offset; default 1, 1/2, 1/3, ..."""
+    action_weight: float = 0.0
+    """auxiliary loss: next action"""
+    gap_weight: float = 0.0
+    """auxiliary loss: next gap bucket"""
     temperature: float = 1.0
-    label_smoothing: float = 0.0  # share of each next-item target's mass spread evenly over the candidates
+    """softmax temperature"""
+    label_smoothing: float = 0.0
+    """share of each next-item target's mass spread evenly over the candidates"""
 
     def offset_weights(self) -> list[float]:
         return list(self.mtp_weights) or [1.0 / k for k in range(1, self.mtp + 1)]
@@ -98,12 +126,15 @@ class ObjectiveConfig:
 
 @dataclass
 class ShardingConfig:
-    item: str = "row_wise"  # sharding type of the item table
-    other: str = "table_wise"  # of every other facet table
-    # fused into the backward pass: rowwise_adagrad (one accumulator per row) | adagrad (one per element: twice the
-    # table's memory) | adam (CUDA only)
+    item: str = "row_wise"
+    """TorchRec sharding type of the item table: row_wise | table_wise | column_wise"""
+    other: str = "table_wise"
+    """of every other facet table"""
     sparse_optimizer: str = "rowwise_adagrad"
+    """fused into the backward pass: rowwise_adagrad (one accumulator per row) | adagrad (one per element: twice the
+    table's memory) | adam (CUDA only)"""
     sparse_lr: float = 0.05
+    """the tables' learning rate"""
 
     def validate(self) -> None:
         for key, value in (("sharding.item", self.item), ("sharding.other", self.other)):

@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the resolved configuration")
     _config_args(show)
-    show.set_defaults(run=lambda a: print(to_yaml(_config(a)), end=""))
+    show.add_argument("--reference", action="store_true",
+                      help="print the reference of every key instead (docs/configuration.md is this output)")
+    show.set_defaults(run=_show_config)
 
     demo = commands.add_parser("demo", help="the main job on the embedded defaults: on the bundled ml-latest-small "
                                            "(time split), train the foundation model, test it beside the "
@@ -199,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config (default: the embedded demo defaults)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. eval.ks=[10,20]")
+
+
+def _show_config(args: argparse.Namespace) -> None:
+    if args.reference:
+        from recfm.platform.config_reference import reference
+
+        print(reference(), end="")
+    else:
+        print(to_yaml(_config(args)), end="")
 
 
 def _config(args: argparse.Namespace) -> RecfmConfig:

@@ -25,20 +25,36 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: str = str(DEMO_DATA)  # a MovieLens folder, a sequence file, or event file(s)
-    format: str = "movielens"  # movielens | sequences | events | imported (a `recfm data import/synth` output)
-    mode: str = "strict"  # strict: stop at the first bad row; lenient: quarantine bad rows
-    id_type: str = "int"  # sequences and events: int or str ids
-    mapping: dict[str, str] = field(default_factory=dict)  # events: schema field -> source column
-    ts_unit: str = "s"  # events: s | ms | us | ns | iso
-    items: str | None = None  # events: an item catalog file (CSV or Parquet)
-    split: str = "time"  # loo | time (the demo: the heads are trained and tested across time)
-    val_cutoff: float | None = 0.7  # time split: a timestamp, or a quantile of event times in (0, 1)
+    source: str = str(DEMO_DATA)
+    """a MovieLens folder, a sequence file, or event file(s)"""
+    format: str = "movielens"
+    """movielens | sequences | events | imported (a `recfm data import`/`synth` output, prepared as it is)"""
+    mode: str = "strict"
+    """strict: stop at the first bad row, naming file, row and field; lenient: quarantine bad rows and count them"""
+    id_type: str = "int"
+    """sequences and events: int or str ids"""
+    mapping: dict[str, str] = field(default_factory=dict)
+    """events: schema field -> source column"""
+    ts_unit: str = "s"
+    """events: s | ms | us | ns | iso"""
+    items: str | None = None
+    """events: an item catalog file (CSV or Parquet)"""
+    split: str = "time"
+    """loo (leave-one-out: each user's last event is the test target, the one before it the validation target) | time
+    (the demo: every event after a cutoff is a target)"""
+    val_cutoff: float | None = 0.7
+    """time split: a timestamp, or a quantile of event times in (0, 1)"""
     test_cutoff: float | None = 0.9
-    actions: list[str] | None = None  # which actions are interactions; default: the importer's choice
-    cold_items: float = 0.0  # time split: hold out this share of items, drawn at random, from everything before
-    cold_seed: int = 0  # the test cutoff (the cold-start evaluation); their test events stay
-    cache_dir: str = ".cache/data"  # imported and prepared data, reused while source and settings match
+    """time split: a timestamp, or a quantile of event times in (0, 1)"""
+    actions: list[str] | None = None
+    """which actions are interactions; default: the importer's choice"""
+    cold_items: float = 0.0
+    """time split: hold out this share of items, drawn at random, from everything before the test cutoff (the cold-start
+    evaluation); their test events stay"""
+    cold_seed: int = 0
+    """the draw of the held-out items"""
+    cache_dir: str = ".cache/data"
+    """imported and prepared data, reused while source and settings match"""
 
     def validate(self) -> None:
         _one_of("data.format", self.format, FORMATS)
@@ -60,24 +76,34 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 200])
+    """ranking cut-offs of the metrics (must include 10: models are selected on NDCG@10)"""
     baselines: list[str] = field(default_factory=lambda: ["MostPop", "ItemKNN", "EASE"])
+    """which baselines run: MostPop, ItemKNN, EASE (and ContentKNN, on data with item text)"""
     ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0])
-    ease_max_items: int = 40_000  # EASE inverts an items x items matrix: past this it is skipped, and said so
+    """EASE's L2 grid, chosen on validation"""
+    ease_max_items: int = 40_000
+    """EASE inverts an items x items matrix: past this it is skipped, and said so"""
     knn_neighbors: list[int] = field(default_factory=lambda: [20, 50, 100, 200])
+    """ItemKNN's grid of neighbours per item"""
     knn_shrinks: list[float] = field(default_factory=lambda: [0.0, 10.0, 100.0])
+    """ItemKNN's grid of similarity shrinkage"""
     batch_size: int = 1024
-    val_targets: int = 5000  # validation targets the grids are tuned on (a fixed random subset; 0 = all)
-    # added to the FM's score of items it has no trained ID for (new titles, placed by their content): the
-    # largest of these at which the FM's validation NDCG@10 on known items stays >= the best baseline's there
-    # (with no baselines: costs at most new_item_cost, relative, against no boost)
+    """users scored at once"""
+    val_targets: int = 5000
+    """validation targets the grids are tuned on (a fixed random subset; 0 = all)"""
     new_item_boosts: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0])
+    """added to the FM's score of items it has no trained ID for (new titles, placed by their content): the largest of
+    these at which the FM's validation NDCG@10 on known items stays >= the best baseline's there (with no baselines:
+    costs at most new_item_cost, relative, against no boost)"""
     new_item_cost: float = 0.02
-    # a "recfm-FM + EASE" row: z(FM) + w * z(EASE) per request, w chosen on validation among these (0 = the FM
-    # alone is always a candidate); [] = no such row. Weights above 1 let files where co-occurrence carries more
-    # than order lean on EASE (w = 10 is EASE's order with the FM breaking its near-ties)
+    """with no baselines: the relative validation NDCG@10 a new-item boost may cost"""
     blend_weights: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0,
                                                                   5.0, 10.0])
-    seed: int = 0  # tie-breaking order of the ranking
+    """a "recfm-FM + EASE" row: z(FM) + w * z(EASE) per request, w chosen on validation among these (0 = the FM alone is
+    always a candidate); [] = no such row. Weights above 1 let files where co-occurrence carries more than order lean on
+    EASE (w = 10 is EASE's order with the FM breaking its near-ties)"""
+    seed: int = 0
+    """tie-breaking order of the ranking"""
 
     def validate(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -98,29 +124,46 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    workers: int = 2  # Ray Train workers (processes); the tables are sharded across them
+    workers: int = 2
+    """Ray Train workers (processes); the tables are sharded across them"""
     cpus_per_worker: float = 1.0
-    use_gpu: bool = False  # NCCL + CUDA + fbgemm GPU kernels when the cluster has GPUs
+    """CPUs each worker reserves"""
+    use_gpu: bool = False
+    """NCCL + CUDA + fbgemm GPU kernels when the cluster has GPUs"""
     epochs: int = 200
-    batch_size: int = 64  # training windows per worker per step
-    lr: float = 1e-3  # dense AdamW; sparse tables use sharding.sparse_lr
+    """epochs at most"""
+    batch_size: int = 64
+    """training windows per worker per step"""
+    lr: float = 1e-3
+    """dense AdamW, linear warm-up then constant; sparse tables use sharding.sparse_lr"""
     weight_decay: float = 0.0
+    """dense AdamW's weight decay"""
     warmup_steps: int = 50
-    val_every: int = 2  # epochs between validations (and checkpoints)
-    val_users: int = 0  # validation targets per validation (0 = all): a fixed random subset
-    patience: int = 5  # validations without a better NDCG@10 before stopping
-    max_minutes: float = 4.0  # stop (and test the best model) after this long; 0 = no limit (the demo's 4 keeps
-    # `make demo` within 10 minutes on 2 cores)
-    refit_epochs: int = 3  # before testing, continue the best checkpoint on every event before the
-    # test cutoff (time split), or on every event before the test target (leave-one-out: train + validation),
-    # for this many epochs (the baselines are refitted on those events too); 0 = test it as it is
-    refit_decay: bool = False  # the refit's learning rate falls linearly from train.lr to 0 (a cooldown)
-    max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the latest checkpoint)
-    bf16: bool = False  # bf16 autocast of the training forward (CPUs with AVX-512 BF16, or CUDA); the softmax and
-    # the loss stay float32, validation and the test run in float32
-    stream_data: bool = False  # read training windows from the Parquet shards through Ray Data every epoch
-    # (bounded memory, for data larger than memory) instead of from one in-memory table (faster for small data)
+    """steps of linear learning-rate warm-up"""
+    val_every: int = 2
+    """epochs between validations (and checkpoints)"""
+    val_users: int = 0
+    """validation targets per validation (0 = all): a fixed random subset"""
+    patience: int = 5
+    """validations without a better NDCG@10 before stopping"""
+    max_minutes: float = 4.0
+    """stop (and test the best model) after this long; 0 = no limit (the demo's 4 keeps `make demo` short on 2 cores)"""
+    refit_epochs: int = 3
+    """before testing, continue the best checkpoint on every event before the test cutoff (time split), or on every
+    event before the test target (leave-one-out: train + validation), for this many epochs (the baselines are refitted
+    on those events too); 0 = test it as it is"""
+    refit_decay: bool = False
+    """the refit's learning rate falls linearly from train.lr to 0 (a cooldown)"""
+    max_failures: int = 2
+    """worker failures Ray Train recovers from (restarting from the latest checkpoint)"""
+    bf16: bool = False
+    """bf16 autocast of the training forward (CPUs with AVX-512 BF16, or CUDA); the softmax and the loss stay float32,
+    validation and the test run in float32"""
+    stream_data: bool = False
+    """read training windows from the Parquet shards through Ray Data every epoch (bounded memory, for data larger than
+    memory) instead of from one in-memory table (faster for small data)"""
     seed: int = 0
+    """weights, window order, sampling"""
 
     def validate(self) -> None:
         if self.workers < 1 or self.batch_size < 1 or self.epochs < 1 or self.val_every < 1:
@@ -133,31 +176,56 @@ class TrainConfig:
 class HeadsConfig:
     """The task heads (`recfm.heads`), trained after the FM on requests the FM never saw (time split only)."""
 
-    enabled: bool = True  # `recfm train` and `recfm demo` train the heads when the split is time
-    mode: str = "unified"  # unified (one ranker, task embedding) | separate (one ranker per task)
-    fm: str = "frozen"  # frozen (FM outputs are inputs) | finetune (FM trained with the heads at fm_lr)
+    enabled: bool = True
+    """`recfm train` and `recfm demo` train the heads when the split is time"""
+    mode: str = "unified"
+    """unified (one ranker, task embedding) | separate (one ranker per task)"""
+    fm: str = "frozen"
+    """frozen (FM outputs are inputs) | finetune (FM trained with the heads at fm_lr)"""
     text_dim: int = 32
+    """width of the query encoder"""
     hidden: int = 64
+    """width of the context MLP"""
     dropout: float = 0.1
+    """the heads' dropout"""
     weight_decay: float = 0.01
-    word_buckets: int = 32768  # hashed query words ...
-    trigram_buckets: int = 32768  # ... and character trigrams
+    """AdamW's weight decay for the heads"""
+    word_buckets: int = 32768
+    """hashed query words of the query encoder"""
+    trigram_buckets: int = 32768
+    """hashed character trigrams of the query encoder"""
     epochs: int = 30
-    patience: int = 4  # epochs without a better holdout NDCG@10
-    batch_size: int = 64  # requests per worker per step
+    """epochs at most"""
+    patience: int = 4
+    """epochs without a better holdout NDCG@10"""
+    batch_size: int = 64
+    """requests per worker per step"""
     lr: float = 3e-3
-    fm_lr: float = 1e-4  # finetune only
-    holdout: float = 0.2  # the latest share of training requests (per task), for model selection
-    user_weighting: float = 0.0  # a request of a user with n of its task's requests weighs n^-this (0: all alike)
-    session_gap_minutes: float = 60.0  # homepage: a session starts after this long without an interaction
-    max_train_per_task: int = 6000  # random subset (seeded) when a task has more requests; counts are printed
+    """AdamW for the heads"""
+    fm_lr: float = 1e-4
+    """AdamW for the FM when fine-tuned"""
+    holdout: float = 0.2
+    """the latest share of training requests (per task), for model selection"""
+    user_weighting: float = 0.0
+    """a request of a user with n of its task's requests weighs n^-this (0: every request alike, 1: every user alike)"""
+    session_gap_minutes: float = 60.0
+    """homepage: a session starts after this long without an interaction"""
+    max_train_per_task: int = 6000
+    """random subset (seeded) when a task has more training requests; counts are printed"""
     max_test_per_task: int = 3000
-    neighbours: int = 100  # co-occurrence neighbours per item (the source_cooc and history_cooc signals)
-    trend_days: float = 365.0  # the trending signal counts the interactions of this many days before its cutoff
-    signal_refits: int = 4  # training requests read signals refitted at this many cutoffs across their span
-    page_rows: int = 6  # homepage page: rows ...
-    row_length: int = 8  # ... of this many items ...
-    genre_cap: int = 3  # ... with at most this many of one genre in a row
+    """random subset (seeded) when a task has more test requests"""
+    neighbours: int = 100
+    """co-occurrence neighbours per item (the source_cooc and history_cooc signals)"""
+    trend_days: float = 365.0
+    """the trending signal counts the interactions of this many days before its cutoff"""
+    signal_refits: int = 4
+    """training requests read signals refitted at this many cutoffs across their span"""
+    page_rows: int = 6
+    """homepage page: rows"""
+    row_length: int = 8
+    """homepage page: items per row"""
+    genre_cap: int = 3
+    """homepage page: at most this many of one genre in a row"""
 
     def validate(self) -> None:
         _one_of("heads.mode", self.mode, ("unified", "separate"))
@@ -178,21 +246,36 @@ class HeadsConfig:
 class DistillConfig:
     """`recfm distill RUN`: a small student (plain embeddings, fewer layers and dimensions) learns the run's FM."""
 
-    enabled: bool = True  # `recfm demo` distils and exports the demo run
+    enabled: bool = True
+    """`recfm demo` distils and exports the demo run"""
     dim: int = 32
+    """the student's width (plain embedding tables, summed facets)"""
     layers: int = 1
+    """the student's transformer layers"""
     heads: int = 1
+    """the student's attention heads"""
     ffn_mult: int = 2
+    """the student's feed-forward width, as a multiple of dim"""
     dropout: float = 0.1
-    temperature: float = 2.0  # of the KL between teacher and student catalog softmaxes (scaled by T^2)
-    hard_weight: float = 0.5  # the next-item cross-entropy's weight beside the KL's 1
-    repr_weight: float = 0.0  # MSE between the teacher's user vectors and the student's, projected (0 = off)
-    candidates: int = 0  # 0 = the KL over the whole catalog; else over this many shared sampled items per step
+    """the student's dropout"""
+    temperature: float = 2.0
+    """of the KL between teacher and student catalog softmaxes (scaled by T^2)"""
+    hard_weight: float = 0.5
+    """the next-item cross-entropy's weight beside the KL's 1"""
+    repr_weight: float = 0.0
+    """MSE between the teacher's user vectors and the student's, projected (0 = off)"""
+    candidates: int = 0
+    """0 = the KL over the whole catalog; else over this many shared sampled items per step"""
     epochs: int = 40
-    patience: int = 6  # validations without a better validation NDCG@10
-    batch_size: int = 16  # training windows per worker per step (small: the demo data has under 1,000 windows)
+    """epochs at most"""
+    patience: int = 6
+    """validations without a better validation NDCG@10"""
+    batch_size: int = 16
+    """training windows per worker per step (small: the demo data has under 1,000 windows)"""
     lr: float = 5e-3
+    """AdamW's learning rate"""
     weight_decay: float = 0.01
+    """AdamW's weight decay"""
 
     def validate(self) -> None:
         if min(self.dim, self.layers, self.heads, self.ffn_mult, self.epochs, self.patience, self.batch_size) < 1:
@@ -207,13 +290,20 @@ class DistillConfig:
 class StoreConfig:
     """`recfm push-embeddings RUN`: the run's user and item vectors into the embedding store, as one version."""
 
-    push: bool = True  # `recfm demo` pushes its run's embeddings
-    uri: str = "runs/embedding-store"  # a directory (the embedded LanceDB store) or postgresql://user@host/db
-    collection: str = "recfm"  # a store holds collections; tables are named after it
-    model: str = "teacher"  # teacher (the run's final FM) | student (its distilled student)
-    keep: int = 3  # published versions kept (at least 2; the current one is never dropped)
-    chunk_rows: int = 4096  # rows per atomic write: a killed push loses at most one chunk's work
-    workers: int = 2  # Ray actors computing user vectors
+    push: bool = True
+    """`recfm demo` pushes its run's embeddings"""
+    uri: str = "runs/embedding-store"
+    """a directory (the embedded LanceDB store) or postgresql://user@host/db"""
+    collection: str = "recfm"
+    """a store holds collections; tables are named after it"""
+    model: str = "teacher"
+    """teacher (the run's final FM) | student (its distilled student)"""
+    keep: int = 3
+    """published versions kept (at least 2; the current one is never dropped)"""
+    chunk_rows: int = 4096
+    """rows per atomic write: a killed push loses at most one chunk's work"""
+    workers: int = 2
+    """Ray actors computing user vectors"""
 
     def validate(self) -> None:
         from recfm.serving_exports.store import COLLECTION_NAME
@@ -230,8 +320,10 @@ class StoreConfig:
 class ContentConfig:
     """`recfm content embed`: item text through the offline sentence encoder (used when model.content=true)."""
 
-    cache_dir: str = ".cache/content"  # vectors by text hash, shared by every dataset and run
+    cache_dir: str = ".cache/content"
+    """vectors by text hash, shared by every dataset and run"""
     batch_size: int = 128
+    """texts per encoder batch"""
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -249,19 +341,26 @@ class TuneConfig:
     """`recfm tune`: a search over the FM's training settings on Ray Tune, each trial a training run on train +
     validation data only, selected on validation NDCG@10; the best one alone is tested (docs/tuning.md)."""
 
-    # dotted config key -> a list of choices, or {low, high, log}: a uniform range (log-uniform with log: true;
-    # integers when both ends are). Nested keys (model: {dropout: [...]}) mean the same as dotted ones.
     space: dict[str, Any] = field(default_factory=dict)
-    trials: int = 8  # configurations sampled from the space
-    max_minutes: float = 60.0  # the whole search's time budget (Tune's time_budget_s); 0 = none
-    scheduler: str = "asha"  # asha (stops weak trials early, by epoch) | fifo (every trial runs to its own end)
-    grace_epochs: int = 2  # asha: epochs every trial trains before it can be stopped
-    reduction_factor: int = 2  # asha: about 1 trial in this many goes on at each rung
-    concurrent: int = 1  # trials at once: each takes train.workers workers and 1 CPU for its driver
-    seed: int = 0  # of the sampling
-    # the first trial runs the config's own values of the tuned keys (the hand-set recipe), so the search is
-    # measured against it under the same budget; the other trials are sampled
+    """dotted config key -> a list of choices, or {low, high, log}: a uniform range (log-uniform with log: true;
+    integers when both ends are). Nested keys (model: {dropout: [...]}) mean the same as dotted ones"""
+    trials: int = 8
+    """configurations sampled from the space"""
+    max_minutes: float = 60.0
+    """the whole search's time budget (Tune's time_budget_s); 0 = none"""
+    scheduler: str = "asha"
+    """asha (stops weak trials early, by epoch) | fifo (every trial runs to its own end)"""
+    grace_epochs: int = 2
+    """asha: epochs every trial trains before it can be stopped"""
+    reduction_factor: int = 2
+    """asha: about 1 trial in this many goes on at each rung"""
+    concurrent: int = 1
+    """trials at once: each takes train.workers workers and 1 CPU for its driver"""
+    seed: int = 0
+    """of the sampling"""
     start_with_base: bool = True
+    """the first trial runs the config's own values of the tuned keys (the hand-set recipe), so the search is measured
+    against it under the same budget; the other trials are sampled"""
 
     def validate(self) -> None:
         if not isinstance(self.space, dict):
@@ -314,19 +413,33 @@ def space_values(key: str, spec: Any) -> list:
 @dataclass
 class RecfmConfig:
     name: str = "demo"
-    run_dir: str | None = None  # default: runs/<name>-<time>
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    """run name (the run directory's prefix)"""
+    run_dir: str | None = None
+    """where the run writes; default: runs/<name>-<time>"""
+    threads: int = 0
+    """torch intra-op threads; 0 = all cores"""
     data: DataConfig = field(default_factory=DataConfig)
+    """the events: source, format, validation and split"""
     content: ContentConfig = field(default_factory=ContentConfig)
+    """item text through the offline sentence encoder"""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """the baselines, metrics and choices made on validation"""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """the foundation model's architecture"""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """its training objectives"""
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    """how its embedding tables are sharded, and their optimiser"""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Ray Train: workers, schedule, early stopping, refit"""
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    """the task heads"""
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """the distilled student"""
     store: StoreConfig = field(default_factory=StoreConfig)
+    """the embedding store"""
     tune: TuneConfig = field(default_factory=TuneConfig)
+    """`recfm tune`'s search"""
 
     def validate(self) -> None:
         for f in fields(self):
