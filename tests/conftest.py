@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,12 @@ def local_ray():
     start_ray(TrainConfig(workers=2), None)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_ray(request):
+    """Unit tests run in one process with no Ray and no servers (`make test-fast`): this keeps them so."""
+    yield
+    if "unit" in request.node.path.relative_to(Path(__file__).parent).parts[:1]:
+        ray = sys.modules.get("ray")
+        assert ray is None or not ray.is_initialized(), "a unit test started Ray: it belongs in tests/integration/"

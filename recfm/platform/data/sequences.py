@@ -19,7 +19,7 @@ from recfm.platform.data.errors import DataError
 from recfm.platform.data.importing import EventPart, finish_import, position_in_group, prepare_output
 from recfm.platform.data.records import RecordChunk, read_split_lines
 from recfm.platform.data.schema import DatasetInfo
-from recfm.platform.data.validate import Batch, ImportLedger
+from recfm.platform.data.validate import UNSTORABLE, Batch, ImportLedger
 
 ACTION = "interact"
 
@@ -40,6 +40,10 @@ def import_sequences(source: Path, out: Path, mode: str = "strict", id_type: str
         if id_type == "int":
             batch.frame["item"] = batch.frame["items"].map(_first_non_integer)
             batch.refuse(batch.frame["item"].notna().to_numpy(), "item", "not an integer id")
+        else:
+            for reason, found in UNSTORABLE:
+                batch.frame["item"] = batch.frame["items"].map(lambda tokens, found=found: _first(tokens, found))
+                batch.refuse(batch.frame["item"].notna().to_numpy(), "item", reason)
         f = batch.finish()
         lengths = f["items"].map(len).to_numpy()
         rows = np.repeat(f.index.to_numpy(), lengths)
@@ -64,6 +68,10 @@ def _first_and_rest(chunk: RecordChunk) -> RecordChunk:
     fields = chunk.columns["fields"]
     return RecordChunk(rows=chunk.rows, columns={"user": [f[0] for f in fields], "items": [f[1:] for f in fields]},
                        malformed=chunk.malformed)
+
+
+def _first(tokens: list[str], found) -> str | None:
+    return next((token for token in tokens if found(token)), None)
 
 
 def _first_non_integer(tokens: list[str]) -> str | None:

@@ -19,6 +19,9 @@ from recfm.platform.data.schema import QUARANTINE_FILE, TS_MAX, TS_MIN, FileCoun
 
 MODES = ("strict", "lenient")
 _BAD_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape turns undecodable bytes into
+# text no store can keep: undecodable bytes, and NUL (PostgreSQL text cannot hold it, so a push would fail far
+# from the cause); each with the reason a refused row is given
+UNSTORABLE = (("invalid UTF-8 bytes", _BAD_UTF8.search), ("NUL byte", re.compile("\x00").search))
 
 
 class ImportLedger:
@@ -119,13 +122,14 @@ class Batch:
     # ---- column checks: each parses a column in place and refuses the rows that fail ----
 
     def text(self, column: str, required: bool = False) -> None:
-        """Refuses undecodable bytes; blank strings become nulls (or are refused when `required`)."""
+        """Refuses undecodable bytes and NUL; blank strings become nulls (or are refused when `required`)."""
         col = self.frame[column]
-        strings = col[col.map(lambda v: isinstance(v, str)).to_numpy(bool)]
-        if _BAD_UTF8.search("\x00".join(strings)):  # one C-speed scan; the per-row pass only when needed
-            self.refuse(col.map(lambda v: isinstance(v, str) and bool(_BAD_UTF8.search(v))).to_numpy(bool),
-                        column, "invalid UTF-8 bytes")
-            col = self.frame[column]
+        joined = "".join(v for v in col if isinstance(v, str))
+        for reason, found in UNSTORABLE:
+            if found(joined):  # one C-speed scan; the per-row pass only when needed
+                self.refuse(col.map(lambda v, found=found: isinstance(v, str) and bool(found(v))).to_numpy(bool),
+                            column, reason)
+                col = self.frame[column]
         col = col.map(lambda v: v.strip() if isinstance(v, str) else v)
         blank = col.isna() | (col == "")
         if required:

@@ -57,6 +57,8 @@ ROW_CASES = [
      "expected 4 fields, found 2", 1),
     ("bad-encoding", dict(tags=b"userId,movieId,tag,timestamp\n1,1,pixar,964982710\n2,3,caf\xe9,964982810\n"),
      "tags.csv", 3, "tag", "invalid UTF-8 bytes", 1),
+    ("nul-in-title", dict(movies=MOVIES + "4,Bad\x00 Title (2001),Drama\n"), "movies.csv", 5, "title",
+     "NUL byte", 1),
     ("bad-quoting", dict(ratings=ratings_with('1,3,"5.0,964982999')), "ratings.csv", 8, None,
      "malformed CSV record", 1),
     ("movie-listed-twice", dict(movies=MOVIES + "2,Heat again (1995),Action\n"), "movies.csv", 5, "movieId",
@@ -150,6 +152,30 @@ def test_sequence_file_bad_token_and_both_layouts(tmp_path):
     # "user item" lines continue the user's sequence with the next ordinal position
     assert [(u, i, t) for u, i, t in zip(events["user_id"], events["item_id"], events["ts"], strict=True)
             if u == 3] == [(3, 12, 0), (3, 13, 1)]
+
+
+def test_nul_bytes_in_ids_are_refused_with_file_row_and_column(tmp_path):
+    """PostgreSQL text cannot hold NUL: an id with one is refused at import, not when a push fails later."""
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,ts,action\nu1,i1,978300760,play\nu1,i\x00 1,978300761,play\n"
+                    "u2,i2,978300762,play\n")
+    with pytest.raises(DataError) as caught:
+        import_events(path, tmp_path / "out", "strict", id_type="str")
+    assert (Path(caught.value.file).name, caught.value.row, caught.value.column) == ("log.csv", 3, "item_id")
+    assert "NUL byte" in str(caught.value)
+    info = import_events(path, tmp_path / "out", "lenient", id_type="str")
+    assert info.events == 2 and counts(info, "log.csv").rows_quarantined == 1
+    with open(tmp_path / "out" / "quarantine.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["row"], row["column"], row["reason"]) == ("3", "item_id", "NUL byte")
+
+    seq = tmp_path / "seq.txt"  # sequence files with string ids: every token is checked
+    seq.write_text("a x y\nb y z\x00z\nc x\n")
+    with pytest.raises(DataError) as caught:
+        import_sequences(seq, tmp_path / "seq-out", "strict", id_type="str")
+    assert (caught.value.row, caught.value.column, caught.value.value) == (2, "item", "z\x00z")
+    info = import_sequences(seq, tmp_path / "seq-out", "lenient", id_type="str")
+    assert info.events == 3 and counts(info, "seq.txt").rows_quarantined == 1
 
 
 def test_events_csv_mapping_extra_facets_and_iso_times(tmp_path):
