@@ -68,6 +68,17 @@ def test_time_split_targets_every_event_after_each_cutoff(tmp_path):
     assert seqs.request_history(users, prefixes).sum(1).A1.tolist() == [1, 2, 2]  # items 1 | 1 3 | 1 3 1
 
 
+def test_an_event_exactly_at_a_cutoff_is_a_target_of_that_period(tmp_path):
+    """Cutoffs at 70 and 100, the very timestamps of events: those events are targets, never history."""
+    root = write_movielens(tmp_path / "ml", ratings=TIED, movies=MOVIES, tags=None)
+    import_movielens(root, tmp_path / "imp")
+    info = prepare(tmp_path / "imp", tmp_path / "prep", split="time", val_cutoff=70, test_cutoff=100)
+    seqs = Sequences.load(tmp_path / "prep")
+    assert (info.val_cutoff, info.test_cutoff) == (70, 100)
+    assert list(seqs.n_train) == [2, 0] and list(seqs.n_fit) == [3, 1]  # user 5's ts-70, user 7's ts-100 events
+    assert list(seqs.eval_requests("val")[1]) == [2] and list(seqs.eval_requests("test")[1]) == [1, 2, 3]
+
+
 def test_time_split_needs_timestamps(tmp_path):
     path = tmp_path / "seq.txt"
     path.write_text("1 10 11 12\n")

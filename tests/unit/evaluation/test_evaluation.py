@@ -45,6 +45,24 @@ def test_metric_formulas():
     assert r["coverage@10"] == 1.0  # 5 items, all in the top-10
 
 
+def test_coverage_and_popularity_of_what_is_recommended():
+    """coverage@10: the share of the catalog in any top-10; pop_pct@10: the mean popularity percentile of the
+    recommended items (items ranked by known interactions, 0 = least, 100 = most, ties share their mean)."""
+    n = 40
+    counts = np.arange(n, dtype=np.float64)  # item i has i interactions ...
+    counts[20] = 9.0  # ... but 20, tied with 9 (recommended to user 0; 20 is recommended to no one)
+    metrics = RankingMetrics(n, [10], counts)
+    scores = torch.zeros(2, n)
+    scores[0, :10] = torch.arange(10, 0, -1).float()  # user 0's top-10: items 0..9
+    scores[1, 5:15] = torch.arange(10, 0, -1).float()  # user 1's: items 5..14
+    metrics.add(scores, torch.tensor([0, 5]))
+    r = metrics.result()
+    assert r["coverage@10"] == pytest.approx(15 / n)
+    # an item's percentile: the items with fewer interactions, plus half of those tied with it, over n - 1
+    pct = np.array([100 * ((counts < c).sum() + ((counts == c).sum() - 1) / 2) / (n - 1) for c in counts])
+    assert r["pop_pct@10"] == pytest.approx((pct[:10].sum() + pct[5:15].sum()) / 20)
+
+
 class _Fixed:
     """Scores from a fixed [users, items] matrix."""
 
@@ -114,9 +132,18 @@ def test_item_knn_keeps_k_cosine_neighbours(small):
 
 def test_structure_is_found_by_ease_not_by_popularity(small):
     pop = tune_and_test(MostPop(), [], small, [10], log=lambda _: None)
-    ease = tune_and_test(EASE(), [{"lam": 10.0}, {"lam": 100.0}], small, [10], log=lambda _: None)
+    grid = [1.0, 10.0, 100.0, 3000.0]
+    ease = tune_and_test(EASE(), [{"lam": lam} for lam in grid], small, [10], log=lambda _: None)
     assert ease.metrics["NDCG@10"] > 1.5 * pop.metrics["NDCG@10"]  # measured 0.176 vs 0.102
-    assert ease.params["lambda"] in (10.0, 100.0) and ease.val_metric is not None
+    # the chosen lambda is the argmax of validation NDCG@10 over the grid (and that maximum is its val_metric)
+    on_validation = {}
+    for lam in grid:
+        model = EASE(lam=lam)
+        model.fit(small, "val")
+        on_validation[lam] = evaluate(model, small, "val", [10])[0]["NDCG@10"]
+    assert len(set(on_validation.values())) == len(grid)  # the grid's points differ, so the choice means something
+    assert ease.params["lambda"] == max(on_validation, key=on_validation.get)
+    assert ease.val_metric == pytest.approx(max(on_validation.values()))
 
 
 def test_sparse_history_rows_are_binary(small):

@@ -81,9 +81,44 @@ def test_text_encoder_encodes_unseen_words_through_shared_trigrams():
     assert first == text_features(["alien"], 97, 89).values().tolist()  # stable across calls (crc32)
 
 
+def test_query_bucket_ids_are_the_same_in_every_process():
+    """Serving and training run in other processes than the one that built the vocabulary: Python's str hash is
+    salted per process (PYTHONHASHSEED), so bucket ids must come from a fixed hash."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from recfm.heads.text import text_features\n"
+            "print(text_features(['alien sci-fi', 'space opera'], 32768, 32768).values().tolist())")
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # another salt than this process's
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONHASHSEED": seed})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == str(text_features(["alien sci-fi", "space opera"], 32768, 32768).values().tolist()) + "\n"
+
+
 def test_bm25_prefers_the_rare_matching_term():
     scores = BM25(DOCS).scores(["alien horror", "nothing matches"])
     assert int(np.argmax(scores[0])) == 2 and scores[1].max() == 0.0
+
+
+def test_bm25_is_okapi_bm25_and_idf_outweighs_a_short_document():
+    """Each document matches one query word: the short one a word most documents have, the long one a rare word.
+    Term frequency and length alone rank the short one first; IDF puts the rare word's document first."""
+    docs = ["space", "opera music hall evening", "space station", "space western", "drama"]
+    scores = BM25(docs).scores(["space opera"])[0]
+    k1, b, n = 1.2, 0.75, len(docs)
+    lengths = [len(d.split()) for d in docs]
+    avg = sum(lengths) / n
+
+    def term(word: str, doc: int) -> float:  # the textbook Okapi BM25 term, with Lucene's non-negative IDF
+        df = sum(word in d.split() for d in docs)
+        tf = docs[doc].split().count(word)
+        return np.log(1 + (n - df + 0.5) / (df + 0.5)) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[doc] / avg))
+
+    expected = [term("space", d) + term("opera", d) for d in range(n)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    assert int(np.argmax(scores)) == 1 and scores[1] > scores[0] > scores[2] > 0 == scores[4]
 
 
 def _fm():
