@@ -7,7 +7,10 @@ import torch
 
 from recfm.fm.batching import SequenceBatch, inference_batch, rows_from_arrays
 from recfm.fm.model import UserFoundationModel
+from recfm.platform.config import EvalConfig
 from recfm.platform.data.dataset import Sequences
+from recfm.platform.evaluation.harness import ModelResult, evaluate, evaluation_requests
+from recfm.platform.evaluation.metrics import rank_metrics
 
 
 class FoundationScorer:
@@ -46,3 +49,27 @@ class FoundationScorer:
         if getattr(self.model, "content", None) is None:
             return self._params
         return {**self._params, "new_item_boost": self.new_item_boost}
+
+
+def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig,
+                          baselines: list[ModelResult] = ()) -> float:
+    """The largest of `eval.new_item_boosts` at which the FM, on the validation targets it had trained IDs for,
+    still ranks at least as well as the best baseline there (NDCG@10, same requests): new titles get all the
+    exposure the FM's lead over the baselines buys, never at the price of falling below one. With no baseline
+    ranks to compare with, those costing at most `eval.new_item_cost` (relative) on those targets. (Overall
+    NDCG@10 would always answer "no boost": new titles are a minority of targets, and each one lifted into a
+    top 10 pushes out a better-known item.)"""
+    scorer.fit(seqs, "val")
+    users, prefixes = evaluation_requests(seqs, "val", e.seed, e.val_targets)
+    warm = scorer.model.content.has_id.numpy()[seqs.request_targets(users, prefixes)]
+    floors = [rank_metrics(b.val_ranks[warm], [10])["NDCG@10"] for b in baselines if b.val_ranks is not None]
+    chosen, floor = 0.0, max(floors) if floors else None
+    for boost in sorted({0.0, *e.new_item_boosts}):  # 0 first: with no baseline, the cost is against it
+        scorer.new_item_boost = boost
+        ranks = evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[1]
+        value = rank_metrics(ranks[warm], [10])["NDCG@10"]
+        floor = (1 - e.new_item_cost) * value if floor is None else floor
+        if value >= floor:
+            chosen = boost
+    scorer.new_item_boost = 0.0
+    return chosen

@@ -24,23 +24,20 @@ from recfm.fm.model import UserFoundationModel, build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
 from recfm.fm.semantic_ids import fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.config import EvalConfig, RecfmConfig, TrainConfig
+from recfm.platform.config import RecfmConfig, TrainConfig
 from recfm.platform.data.content import ensure_content
 from recfm.platform.data.dataset import Sequences
 from recfm.platform.data.pipeline import ensure_prepared
 from recfm.platform.data.prepare import cold_items
 from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.evaluation.blend import ScoreBlend, tune_and_test_blend
-from recfm.platform.evaluation.fm_scorer import FoundationScorer
+from recfm.platform.evaluation.fm_scorer import FoundationScorer, choose_new_item_boost
 from recfm.platform.evaluation.harness import (
     PROTOCOL_VERSION,
     ModelResult,
-    evaluate,
-    evaluation_requests,
     run_baselines,
     tune_and_test,
 )
-from recfm.platform.evaluation.metrics import rank_metrics
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.push import push_embeddings
 from recfm.platform.rundir import create_run_dir
@@ -170,7 +167,11 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.data import in_memory_training_windows, streamed_training_windows, validation_table
+    from recfm.platform.train.data import (
+        in_memory_training_windows,
+        streamed_training_windows,
+        validation_table,
+    )
 
     t = cfg.train
 
@@ -261,30 +262,6 @@ def blend_with_ease(results: list[ModelResult], checkpoint: Path, spec: dict, cf
     blend = ScoreBlend(scorer, EASE(ease.params["lambda"]), name=f"{FM_NAME} + EASE")
     e = cfg.eval
     return tune_and_test_blend(blend, e.blend_weights, seqs, e.ks, e.batch_size, e.seed, e.val_targets, log)
-
-
-def choose_new_item_boost(scorer: FoundationScorer, seqs: Sequences, e: EvalConfig,
-                          baselines: list[ModelResult] = ()) -> float:
-    """The largest of `eval.new_item_boosts` at which the FM, on the validation targets it had trained IDs for,
-    still ranks at least as well as the best baseline there (NDCG@10, same requests): new titles get all the
-    exposure the FM's lead over the baselines buys, never at the price of falling below one. With no baseline
-    ranks to compare with, those costing at most `eval.new_item_cost` (relative) on those targets. (Overall
-    NDCG@10 would always answer "no boost": new titles are a minority of targets, and each one lifted into a
-    top 10 pushes out a better-known item.)"""
-    scorer.fit(seqs, "val")
-    users, prefixes = evaluation_requests(seqs, "val", e.seed, e.val_targets)
-    warm = scorer.model.content.has_id.numpy()[seqs.request_targets(users, prefixes)]
-    floors = [rank_metrics(b.val_ranks[warm], [10])["NDCG@10"] for b in baselines if b.val_ranks is not None]
-    chosen, floor = 0.0, max(floors) if floors else None
-    for boost in sorted({0.0, *e.new_item_boosts}):  # 0 first: with no baseline, the cost is against it
-        scorer.new_item_boost = boost
-        ranks = evaluate(scorer, seqs, "val", [10], e.batch_size, e.seed, e.val_targets)[1]
-        value = rank_metrics(ranks[warm], [10])["NDCG@10"]
-        floor = (1 - e.new_item_cost) * value if floor is None else floor
-        if value >= floor:
-            chosen = boost
-    scorer.new_item_boost = 0.0
-    return chosen
 
 
 def _load_model(checkpoint: Path, spec: dict, cfg: RecfmConfig) -> UserFoundationModel:
