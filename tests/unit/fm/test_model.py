@@ -63,6 +63,51 @@ def test_training_targets_are_the_next_k_items():
     assert batch.features["item"].tolist() == items[:5].tolist()
 
 
+def test_targets_stop_at_the_known_part_and_windows_keep_the_latest_events():
+    """Rows longer than `known` (later events are validation or test targets) and longer than max_len: inputs are
+    the window's events, every target of every offset lies in the window after its input, none at or past
+    `known`. Also the auxiliary next-action labels."""
+    rows = _rows(3, length=12)
+    known, max_len, mtp = np.array([8, 12, 3]), 4, 3
+    batch = training_batch(rows, known, _tokenizer(), max_len=max_len, mtp=mtp)
+    assert batch.lengths.tolist() == [4, 4, 2]  # a window of max_len + 1 events, the last only a target
+    starts = [8 - 5, 12 - 5, 0]
+    offset = 0
+    for u, (start, n) in enumerate(zip(starts, batch.lengths.tolist(), strict=True)):
+        items, actions = rows["item"][u], rows["action"][u]
+        assert batch.features["item"][offset:offset + n].tolist() == items[start:start + n].tolist()
+        offset += n
+        for t in range(n):
+            for k in range(1, mtp + 1):
+                event = start + t + k
+                expected = items[event] if event < known[u] else -1
+                assert batch.targets[u, t, k - 1] == expected, (u, t, k)
+            assert batch.next_action[u, t] == (actions[start + t + 1] if start + t + 1 < known[u] else -1)
+        assert (batch.targets[u, n:] == -1).all()  # padding positions are never targets
+
+
+def test_multi_token_loss_weights_each_offset():
+    """The loss is the sum over offsets k of weight_k x (cross-entropy of predicting the item k ahead), with the
+    configured weights or 1, 1/2, 1/3 by default."""
+    model = _model().train()
+    rows = _rows(3)
+    batch = training_batch(rows, np.array([12, 9, 7]), model.tokenizer, max_len=12, mtp=3)
+    for weights in ([], [0.2, 3.0, 0.0]):
+        cfg = ObjectiveConfig(mtp=3, mtp_weights=weights)
+        torch.manual_seed(0)
+        total, parts = TrainingObjective(model, cfg)(batch)
+        out = model(batch, torch.arange(model.n_items))  # the full softmax: every item a candidate
+        expected = 0.0
+        for k, weight in enumerate(weights or [1.0, 1 / 2, 1 / 3], start=1):
+            targets = batch.targets[:, :, k - 1]
+            mask = targets >= 0
+            logits = model.query(out.hidden[mask], k) @ out.candidate_emb.T
+            ce = torch.nn.functional.cross_entropy(logits, targets[mask])
+            assert parts[f"item@{k}"] == pytest.approx(float(ce), rel=1e-5)
+            expected += weight * float(ce)
+        assert float(total) == pytest.approx(expected, rel=1e-5)
+
+
 def test_attention_is_causal_and_windowed():
     rows = _rows(2)
     for overrides, window in (({}, 0), ({"positions": "rope"}, 0), ({"window": 3}, 3)):
