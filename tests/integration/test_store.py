@@ -137,6 +137,57 @@ def test_names_from_users_are_validated_and_ids_are_parameters(store_at, tmp_pat
         open_store("mysql://localhost/db")
 
 
+def test_refusals_a_user_meets(store_at):
+    """A second push of a version while one runs, a write into a published version, a rollback with nothing
+    earlier and bad `nearest` queries: each refused with a StoreError that says why, and nothing changes."""
+    uri, collection = store_at
+    with open_store(uri, collection) as store:
+        publish(store, "v1", 1, users=20, items=10, rows=10)
+        with pytest.raises(StoreError, match="no earlier published version to roll back to"):
+            store.rollback()
+        with pytest.raises(StoreError, match="only a published version can be current"):
+            store.stage("draft", dim=16)
+            store.rollback(to="draft")
+        with pytest.raises(StoreError, match="'v1' is published: only a staging version can be written"):
+            store.write("v1", Chunk("user", 5, ["u99"], vectors(1, "user", 1)))
+        assert store.snapshot().count("user") == 20
+
+        with store.writer("v2"):  # a push of v2 holds its lock: another process's push of v2 is refused at once
+            second = _push(uri, collection, "v2", 2, 20, 10, 10, 0.0)
+            out, err = second.communicate(timeout=120)
+        assert second.returncode != 0 and "'v2' is being pushed by another process" in err, (out, err)
+        assert store.version("v2") is None and store.current().name == "v1"
+        finished = _push(uri, collection, "v2", 2, 20, 10, 10, 0.0)  # once released, the same push goes through
+        assert finished.wait(timeout=120) == 0 and store.current().name == "v2"
+
+        snap = store.snapshot()
+        with pytest.raises(StoreError, match="query vector has dimension 8, version 'v2' has 16"):
+            snap.nearest("item", np.ones(8, np.float32))
+        with pytest.raises(StoreError, match="query vector holds NaN or inf"):
+            snap.nearest("item", np.full(16, np.nan, np.float32))
+        with pytest.raises(StoreError, match="k must be at least 1"):
+            snap.nearest("item", np.ones(16, np.float32), k=0)
+        with pytest.raises(StoreError, match="has no item 'i99'"):
+            snap.similar("item", "i99")
+
+
+def test_the_cosine_metric_ranks_and_scores_by_cosine(store_at):
+    """metric="cosine" (unnormalised vectors of very different norms): the neighbours and scores are cosine
+    similarities in both backends, not dot products."""
+    uri, collection = store_at
+    data = vectors(1, "item", 200) * np.random.default_rng(0).uniform(0.1, 10.0, (200, 1)).astype(np.float32)
+    with open_store(uri, collection) as store:
+        store.publish("v1", chunked("item", ids("item", 200), data, 100), dim=16, metric="cosine",
+                      expected={"item": 200}, log=lambda _: None)
+        query = vectors(5, "user", 1)[0] * 3.0
+        near = store.snapshot().nearest("item", query, k=10)
+    unit = data / np.linalg.norm(data, axis=1, keepdims=True)
+    cosine = unit @ (query / np.linalg.norm(query))
+    assert near.ids == [f"i{j}" for j in np.argsort(-cosine)[:10]]
+    np.testing.assert_allclose(near.scores, np.sort(cosine)[::-1][:10], rtol=1e-4, atol=1e-5)
+    assert near.ids != [f"i{j}" for j in np.argsort(-(data @ query))[:10]]  # the dot product would rank otherwise
+
+
 def _push(uri: str, collection: str, version: str, marker: int, users: int, items: int, rows: int,
           delay: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(WORKER), "push", uri, collection, version, str(marker), str(users),
