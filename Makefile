@@ -22,7 +22,8 @@ $(STAMP): requirements.txt excludes.txt pyproject.toml
 demo: install
 	$(VENV)/bin/recfm demo
 
-test: install  # every test: unit, then integration (real Ray, PostgreSQL, TorchRec across processes)
+test: install  # the layers contract, then every test: unit, then integration (real Ray, PostgreSQL, TorchRec across processes)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q --durations=15 tests/unit tests/integration
 
 test-fast: install  # unit tests only: no Ray, no servers, one process; under 2 minutes
@@ -42,6 +43,7 @@ docs: install  # the generated reference (a unit test fails when it is stale)
 
 lint: install
 	$(VENV)/bin/ruff check recfm tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .cache runs

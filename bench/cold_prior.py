@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recfm.data.dataset import Sequences
+from recfm.data.pipeline import ensure_prepared
+from recfm.data.prepare import cold_items
 from recfm.platform.config import load_config
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.pipeline import ensure_prepared
-from recfm.platform.data.prepare import cold_items
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import evaluation_requests, masked_scores
-from recfm.platform.evaluation.metrics import RankingMetrics, rank_metrics, target_ranks
 from recfm.platform.train.job import _load_model
+from recfm.ranking.metrics import RankingMetrics, rank_metrics, target_ranks
 
 CHUNK = 2048
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from recfm.platform.config import load_config
-from recfm.platform.evaluation.report import RESULTS_JSON
 from recfm.platform.train.job import train
+from recfm.run.files import RESULTS_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ["data.split=time", "data.cold_items=0.1", "train.max_minutes=0",

@@ -29,10 +29,11 @@ def measure(run_dir: Path, variant: str, requests: int, threads: int) -> dict:
     import torch
 
     from recfm.fm.batching import inference_batch, rows_from_arrays
-    from recfm.platform.train.distill import load_student
     from recfm.platform.trained import TrainedRun
-    from recfm.serving_exports.export import EXPORT_DIR, _parity_requests, read_manifest
+    from recfm.run.files import EXPORT_DIR
+    from recfm.serving_exports.export import _parity_requests, read_manifest
     from recfm.serving_exports.serving import serving_inputs
+    from recfm.serving_exports.student import load_student
 
     torch.set_num_threads(threads)
     run = TrainedRun.open(run_dir)

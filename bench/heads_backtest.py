@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfm.data.config import DEMO_DATA
 from recfm.heads.examples import TASKS
-from recfm.platform.config import DEMO_DATA
-from recfm.platform.evaluation.metrics import ndcg_at
 from recfm.platform.evaluation.significance import paired_difference
-from recfm.platform.train.heads import HEADS_DIR, RANKS_FILE
+from recfm.ranking.metrics import ndcg_at
+from recfm.run.files import HEADS_DIR, HEADS_RANKS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = "recfm heads (unified, FM frozen)"
@@ -54,7 +54,7 @@ def run_fold(k: int, cuts: tuple[float, float, float | None], source: Path, work
     """The fold's run directory, with its heads' test ranks in `heads`/ (trained here unless reused)."""
     val, test, end = cuts
     run_dir = work / f"fold{k}"
-    if reuse and (run_dir / heads / RANKS_FILE).exists():
+    if reuse and (run_dir / heads / HEADS_RANKS_FILE).exists():
         return run_dir
     started = time.perf_counter()
     if not (reuse and (run_dir / "final_checkpoint").exists()):
@@ -65,7 +65,7 @@ def run_fold(k: int, cuts: tuple[float, float, float | None], source: Path, work
         shutil.rmtree(run_dir, ignore_errors=True)
         _recfm("train", f"run_dir={run_dir}", f"data.source={data}", f"data.val_cutoff={val}",
                f"data.test_cutoff={test}", "distill.enabled=false", "store.push=false", *overrides)
-    if not (run_dir / heads / RANKS_FILE).exists():
+    if not (run_dir / heads / HEADS_RANKS_FILE).exists():
         _recfm("heads", "train", str(run_dir), "--out", heads, *overrides)
     print(f"fold {k}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return run_dir
@@ -170,7 +170,7 @@ def main(argv: list[str]) -> None:
     fold_ranks = []
     for k, fold in enumerate(cuts):
         run_dir = run_fold(k, fold, DEMO_DATA, args.work, args.overrides, args.reuse, args.heads)
-        with np.load(run_dir / args.heads / RANKS_FILE) as ranks:
+        with np.load(run_dir / args.heads / HEADS_RANKS_FILE) as ranks:
             fold_ranks.append(dict(ranks))
     text = report(cuts, fold_ranks, pooled_rows(fold_ranks, args.level),
                   ".venv/bin/python bench/heads_backtest.py " + " ".join(argv), args.level,

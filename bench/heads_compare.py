@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from recfm.platform.config import load_config
-from recfm.platform.rundir import CONFIG_FILE, latest_run
 from recfm.platform.train.heads import heads_table, train_heads
+from recfm.run.files import CONFIG_FILE
+from recfm.run.run import latest_run
 
 VARIANTS = [("unified", "frozen"), ("separate", "frozen"), ("unified", "finetune"), ("separate", "finetune")]
 

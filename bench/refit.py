@@ -26,20 +26,20 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE ...]")
     args = parser.parse_args()
 
+    from recfm.data.dataset import Sequences
+    from recfm.data.pipeline import ensure_prepared
     from recfm.platform.config import load_config
-    from recfm.platform.data.dataset import Sequences
-    from recfm.platform.data.pipeline import ensure_prepared
     from recfm.platform.evaluation.report import write_results
     from recfm.platform.runtime import configure_process, shutdown_ray_if_started
     from recfm.platform.train.job import (
         ITEM_CONTENT_FILE,
         ITEM_PROB_FILE,
         _baselines,
-    blend_with_ease,
+        blend_with_ease,
         run_ray_training,
         test_checkpoint,
     )
-    from recfm.platform.trained import BEST_LINK, MODEL_FILE
+    from recfm.run.files import BEST_LINK, MODEL_FILE
 
     run = Path(args.run_dir).resolve()
     best = (run / BEST_LINK).resolve()

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recfm.serving_exports.backends import open_store
 from recfm.serving_exports.local_postgres import local_postgres
-from recfm.serving_exports.store import chunked, open_store
+from recfm.serving_exports.store import chunked
 
 RESULTS = Path(__file__).parent / "results"
 

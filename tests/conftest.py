@@ -53,7 +53,7 @@ def local_ray():
     import ray
 
     from recfm.platform.config import TrainConfig
-    from recfm.platform.train.job import start_ray
+    from recfm.platform.runtime import start_ray
 
     start_ray(TrainConfig(workers=2), None)
     yield

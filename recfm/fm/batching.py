@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recfm.data.ragged import positions
 from recfm.fm.tokens import EventTokenizer
 
 UserRows = dict[str, list[np.ndarray]]  # column -> one array per user (item, ts, value, facets...)
@@ -82,12 +83,6 @@ def _tokens(rows: UserRows, spans: list[tuple[int, int]],
     events = {c: np.concatenate([rows[c][u][a:b] for u, (a, b) in enumerate(spans)]) if spans else np.zeros(0)
               for c in needed if c in rows}
     return tokenizer.tokenize(events, lengths), lengths
-
-
-def positions(lengths: np.ndarray) -> np.ndarray:
-    """Each element's index within its own sequence, for sequences of `lengths` laid one after another."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def _first_of_each(lengths: np.ndarray, take: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
     item vector = (ID embedding if the item has one and it is not dropped, else a borrowed ID)
                   + W · content vector  +  Σ_level semantic-code embedding
 
-The content vector is the item's text through the offline encoder (`recfm.platform.data.content`); the
+The content vector is the item's text through the offline encoder (`recfm.data.content`); the
 semantic codes are residual k-means codes of it (`recfm.fm.semantic_ids`). A cold item (no training events:
 `has_id` false) or a title added after training has its content alone, so during training each ID embedding is
 dropped with probability `model.id_dropout` and the model learns to place items without theirs.

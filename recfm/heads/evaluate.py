@@ -14,7 +14,7 @@ import torch
 
 from recfm.heads.model import HeadsBatch
 from recfm.heads.signals import SIGNALS
-from recfm.platform.evaluation.metrics import RankingMetrics
+from recfm.ranking.metrics import RankingMetrics
 
 BatchScorer = Callable[[HeadsBatch], torch.Tensor]
 

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 import torch
 
 from recfm.heads.text import BM25
-from recfm.platform.evaluation.baselines import ease_weights as ease_weights_from_gram
+from recfm.ranking.ease import ease_weights as ease_weights_from_gram
 
 SIGNALS = ("lexical", "lexical_any", "popularity", "trending", "source_cooc", "history_cooc", "collaborative", "seen",
            "new_release", "recent_release", "recent_taste")

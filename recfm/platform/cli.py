@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from recfm.data.errors import DataError
 from recfm.platform.config import ConfigError, RecfmConfig, StoreConfig, load_config, to_yaml
-from recfm.platform.data.errors import DataError
 
 EXIT_USAGE = 2
 
@@ -220,10 +220,10 @@ def _config(args: argparse.Namespace) -> RecfmConfig:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from recfm.platform.data.events import import_events
-    from recfm.platform.data.importing import summary
-    from recfm.platform.data.movielens import import_movielens
-    from recfm.platform.data.sequences import import_sequences
+    from recfm.data.events import import_events
+    from recfm.data.importing import summary
+    from recfm.data.movielens import import_movielens
+    from recfm.data.sequences import import_sequences
 
     if args.format == "movielens":
         info = import_movielens(Path(args.source), Path(args.out), args.mode)
@@ -244,7 +244,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.synth import synthesize
 
     start = time.perf_counter()
     info = synthesize(Path(args.out), args.users, args.items, args.events, args.seed, args.clusters, progress=True)
@@ -253,7 +253,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from recfm.platform.data.prepare import describe, prepare
+    from recfm.data.prepare import describe, prepare
 
     actions = [a.strip() for a in args.actions.split(",")] if args.actions else None
     start = time.perf_counter()
@@ -268,8 +268,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _content_embed(args: argparse.Namespace) -> None:
-    from recfm.platform.data.content import embed_catalog
-    from recfm.platform.data.pipeline import ensure_prepared
+    from recfm.data.content import embed_catalog
+    from recfm.data.pipeline import ensure_prepared
 
     cfg = _config(args)
     prepared = Path(args.data) if args.data else ensure_prepared(cfg.data)
@@ -279,7 +279,7 @@ def _content_embed(args: argparse.Namespace) -> None:
 def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[RecfmConfig, Path | None]:
     """The config of a new job, or with --resume the saved config of the directory it continues (`latest()`
     for a bare --resume), with any KEY=VALUE overrides; printed either way."""
-    from recfm.platform.rundir import CONFIG_FILE
+    from recfm.run.files import CONFIG_FILE
 
     resume = None
     if args.resume:
@@ -295,8 +295,8 @@ def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[Rec
 
 
 def _train(args: argparse.Namespace) -> None:
-    from recfm.platform.rundir import latest_run
     from recfm.platform.train.job import train
+    from recfm.run.run import latest_run
 
     cfg, resume = _config_or_resumed(args, latest_run, "run")
     train(cfg, args.address, resume)
@@ -329,7 +329,8 @@ def _heads_train(args: argparse.Namespace) -> None:
 
 def _run_and_config(args: argparse.Namespace) -> tuple[Path, RecfmConfig]:
     """A run directory argument (the newest run when absent) and its config with the KEY=VALUE overrides."""
-    from recfm.platform.rundir import CONFIG_FILE, latest_run
+    from recfm.run.files import CONFIG_FILE
+    from recfm.run.run import latest_run
 
     run = Path(args.run_dir) if args.run_dir and "=" not in args.run_dir else latest_run()
     overrides = [o for o in [args.run_dir, *getattr(args, "overrides", [])] if o and "=" in o]
@@ -378,7 +379,7 @@ def _embeddings(args: argparse.Namespace) -> None:
     import json
     import os
 
-    from recfm.serving_exports.store import open_store
+    from recfm.serving_exports.backends import open_store
 
     uri = args.store or os.environ.get("RECFM_STORE") or StoreConfig.uri
     if "://" not in uri and not Path(uri).exists():
@@ -461,8 +462,8 @@ def evaluate_baselines(cfg: RecfmConfig, prepared: Path | None = None) -> Path:
     """Prepares the data if needed, runs the baselines and writes the results table into a run directory."""
     import torch
 
-    from recfm.platform.data.dataset import Sequences
-    from recfm.platform.data.pipeline import ensure_prepared
+    from recfm.data.dataset import Sequences
+    from recfm.data.pipeline import ensure_prepared
     from recfm.platform.evaluation.harness import run_baselines
     from recfm.platform.evaluation.report import write_results
     from recfm.platform.rundir import create_run_dir

@@ -13,64 +13,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recfm.data.config import DataConfig, DataConfigError
 from recfm.fm.config import ModelConfig, ModelConfigError, ObjectiveConfig, ShardingConfig
-
-DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data" / "ml-latest-small"
-FORMATS = ("movielens", "sequences", "events", "imported")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key."""
-
-
-@dataclass
-class DataConfig:
-    source: str = str(DEMO_DATA)
-    """a MovieLens folder, a sequence file, or event file(s)"""
-    format: str = "movielens"
-    """movielens | sequences | events | imported (a `recfm data import`/`synth` output, prepared as it is)"""
-    mode: str = "strict"
-    """strict: stop at the first bad row, naming file, row and field; lenient: quarantine bad rows and count them"""
-    id_type: str = "int"
-    """sequences and events: int or str ids"""
-    mapping: dict[str, str] = field(default_factory=dict)
-    """events: schema field -> source column"""
-    ts_unit: str = "s"
-    """events: s | ms | us | ns | iso"""
-    items: str | None = None
-    """events: an item catalog file (CSV or Parquet)"""
-    split: str = "time"
-    """loo (leave-one-out: each user's last event is the test target, the one before it the validation target) | time
-    (the demo: every event after a cutoff is a target)"""
-    val_cutoff: float | None = 0.7
-    """time split: a timestamp, or a quantile of event times in (0, 1)"""
-    test_cutoff: float | None = 0.9
-    """time split: a timestamp, or a quantile of event times in (0, 1)"""
-    actions: list[str] | None = None
-    """which actions are interactions; default: the importer's choice"""
-    cold_items: float = 0.0
-    """time split: hold out this share of items, drawn at random, from everything before the test cutoff (the cold-start
-    evaluation); their test events stay"""
-    cold_seed: int = 0
-    """the draw of the held-out items"""
-    cache_dir: str = ".cache/data"
-    """imported and prepared data, reused while source and settings match"""
-
-    def validate(self) -> None:
-        _one_of("data.format", self.format, FORMATS)
-        _one_of("data.mode", self.mode, ("strict", "lenient"))
-        _one_of("data.split", self.split, ("loo", "time"))
-        _one_of("data.id_type", self.id_type, ("int", "str"))
-        _one_of("data.ts_unit", self.ts_unit, ("s", "ms", "us", "ns", "iso"))
-        if not 0 <= self.cold_items < 1:
-            raise ConfigError("data.cold_items must be in [0, 1)")
-        if not Path(self.source).exists():
-            raise ConfigError(f"data.source: {self.source} does not exist")
-        # absolute, so that processes started elsewhere (Ray workers) read the same files
-        self.source = str(Path(self.source).resolve())
-        self.cache_dir = str(Path(self.cache_dir).resolve())
-        if self.items:
-            self.items = str(Path(self.items).resolve())
 
 
 @dataclass
@@ -469,7 +417,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_one_line(err)) from None
     try:
         config.validate()
-    except ModelConfigError as err:
+    except (ModelConfigError, DataConfigError) as err:
         raise ConfigError(str(err)) from None
     return config
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from recfm.platform.config import StoreConfig
+from recfm.serving_exports.backends import open_store
 from recfm.serving_exports.embeddings import RunEmbeddings
-from recfm.serving_exports.store import Chunk, VersionInfo, chunked, open_store
+from recfm.serving_exports.store import Chunk, VersionInfo, chunked
 
 
 class UserEncoder:
@@ -87,9 +88,9 @@ def _new_titles(emb: RunEmbeddings, path: Path, known: set[str], cache_dir: Path
     with its file, row and field; titles already in the catalog keep their trained vectors, and are counted)."""
     import tempfile
 
-    from recfm.platform.data.content import item_texts
-    from recfm.platform.data.movielens import read_movies
-    from recfm.platform.data.validate import ImportLedger
+    from recfm.data.content import item_texts
+    from recfm.data.movielens import read_movies
+    from recfm.data.validate import ImportLedger
 
     with tempfile.TemporaryDirectory() as scratch:
         movies = read_movies(path, ImportLedger(Path(scratch), "strict"))
@@ -121,7 +122,7 @@ def _encode_on_ray(run_dir: Path, s: StoreConfig, todo: list[tuple[int, np.ndarr
     from tqdm import tqdm
 
     from recfm.platform.config import TrainConfig
-    from recfm.platform.train.job import start_ray
+    from recfm.platform.runtime import start_ray
 
     start_ray(TrainConfig(workers=s.workers, cpus_per_worker=1), address)
     actor = ray.remote(num_cpus=1)(UserEncoder)

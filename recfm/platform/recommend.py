@@ -20,8 +20,8 @@ from recfm.heads.page import Row, compose_page
 from recfm.heads.signals import CatalogSignals
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig
-from recfm.platform.train.heads import HEADS_DIR, SIGNALS_FILE, SPEC_FILE, WEIGHTS_FILE
 from recfm.platform.trained import TrainedRun
+from recfm.run.files import HEADS_DIR, HEADS_SIGNALS_FILE, HEADS_SPEC_FILE, HEADS_WEIGHTS_FILE
 
 
 @dataclass
@@ -36,17 +36,17 @@ class Recommender:
     def __init__(self, run_dir: Path | None = None):
         self.run = TrainedRun.open(run_dir)
         heads = self.run.directory / HEADS_DIR
-        if not (heads / WEIGHTS_FILE).exists():
+        if not (heads / HEADS_WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{self.run.directory} has no trained heads: run `recfm heads train "
                                     f"{self.run.directory}` (needs data.split=time)")
-        saved = json.loads((heads / SPEC_FILE).read_text())
+        saved = json.loads((heads / HEADS_SPEC_FILE).read_text())
         self.spec, self.hc = HeadsSpec(**saved["spec"]), HeadsConfig(**saved["heads"])
         self.model = HeadsModel(self.run.foundation_model(), self.spec)
-        self.model.load_head_state(torch.load(heads / WEIGHTS_FILE, weights_only=True))
+        self.model.load_head_state(torch.load(heads / HEADS_WEIGHTS_FILE, weights_only=True))
         self.model.eval()
         seqs, catalog = self.run.sequences, self.run.catalog
         self.log = EventLog(seqs.offsets, seqs.events)
-        self.signals = CatalogSignals.load(heads / SIGNALS_FILE)
+        self.signals = CatalogSignals.load(heads / HEADS_SIGNALS_FILE)
         self.item_text = text_features(self.signals.documents, self.spec.word_buckets, self.spec.trigram_buckets)
         self.item_index = catalog.index()
         vocab = seqs.vocab

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from recfm.platform.config import TrainConfig
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -52,3 +55,32 @@ def shutdown_ray_if_started() -> Iterator[None]:
     finally:
         if not running:
             ray.shutdown()
+
+
+# Ray Train's defaults for a small cluster: no print patching (recfm's workers log themselves), room for slow
+# starts and long collectives on 2-core machines, quick health checks (a killed worker is noticed at once)
+RAY_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": "900",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def start_ray(t: TrainConfig, address: str | None, concurrent_trials: int = 0) -> None:
+    """Joins the cluster at `address` (or the job's, under `ray job submit`), or starts a local Ray with the CPUs
+    of `t`'s workers (a TrainConfig) and one more for Ray Data; for a search, that for each of
+    `concurrent_trials` trials, each with its own 1-CPU driver."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    # Inside a Ray job (`ray job submit -- recfm train …`) RAY_ADDRESS names the job's cluster: join it.
+    address = address or os.environ.get("RAY_ADDRESS")
+    local = address in (None, "local")
+    if not ray.is_initialized():
+        workers = math.ceil(t.workers * t.cpus_per_worker)
+        cpus = concurrent_trials * (workers + 1) + 1 if concurrent_trials else workers + 1
+        ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
+                 num_cpus=cpus if local else None, logging_level="WARNING", configure_logging=True)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import shutil
 import threading
 import time
@@ -41,6 +39,7 @@ from ray.tune import Callback
 from ray.tune.result import RESULT_DUPLICATE
 from ray.tune.trainable.function_trainable import FunctionTrainable
 
+from recfm.data.ragged import positions
 from recfm.platform.config import (
     ConfigError,
     RecfmConfig,
@@ -51,7 +50,9 @@ from recfm.platform.config import (
     tuned_values,
     with_overrides,
 )
-from recfm.platform.rundir import CONFIG_FILE, RUNS_DIR, create_run_dir
+from recfm.platform.rundir import create_run_dir
+from recfm.run.files import CONFIG_FILE
+from recfm.run.run import RUNS_DIR
 
 EXPERIMENT_DIR = "tune"  # Ray Tune's experiment, inside the tune directory
 TRIALS_DIR = "trials"
@@ -75,14 +76,14 @@ def tune(cfg: RecfmConfig, address: str | None = None, resume: Path | None = Non
     check_tune_space(cfg)
     if not cfg.tune.space:
         raise ConfigError("tune.space is empty: nothing to tune (see configs/tune-beauty.yaml)")
-    from recfm.platform.data.pipeline import ensure_prepared
-    from recfm.platform.runtime import configure_process, shutdown_ray_if_started
+    from recfm.data.pipeline import ensure_prepared
+    from recfm.platform.runtime import configure_process, shutdown_ray_if_started, start_ray
 
     configure_process(cfg.threads)
     prepared = ensure_prepared(cfg.data, log)
     tune_dir = _tune_dir(cfg, resume)
     if cfg.model.content or cfg.tune.space.get("model.content"):  # encoded once, here, not by each trial
-        from recfm.platform.data.content import ensure_content
+        from recfm.data.content import ensure_content
 
         ensure_content(prepared, Path(cfg.content.cache_dir), cfg.content.batch_size, log)
     fit_data = fit_only_copy(prepared, tune_dir / FIT_DATA_DIR)
@@ -90,7 +91,7 @@ def tune(cfg: RecfmConfig, address: str | None = None, resume: Path | None = Non
         f"(each user's events before its test cutoff)")
     started = time.perf_counter()
     with shutdown_ray_if_started():
-        _start_ray(cfg, address)
+        start_ray(cfg.train, address, cfg.tune.concurrent)
         trials = _search(cfg, tune_dir, fit_data, resume is not None, log)
     interrupted = [t.trial_id for t in trials if t.status in UNFINISHED]
     if interrupted:
@@ -137,7 +138,7 @@ def fit_only_copy(prepared: Path, out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recfm.platform.data.prepare import PREPARED_FILE, SEQUENCES_DIR, PreparedInfo
+    from recfm.data.prepare import PREPARED_FILE, SEQUENCES_DIR, PreparedInfo
 
     prepared, out = Path(prepared).resolve(), Path(out).resolve()
     try:
@@ -163,7 +164,7 @@ def fit_only_copy(prepared: Path, out: Path) -> Path:
                     has_test = n_fit < np.diff(offsets)
                     users = table["user"].to_numpy()[has_test]
                     cutoff[users] = column.values.to_numpy()[offsets[:-1][has_test] + n_fit[has_test]]
-                take = np.repeat(offsets[:-1], n_fit) + _positions(n_fit)
+                take = np.repeat(offsets[:-1], n_fit) + positions(n_fit)
                 column = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(n_fit)]).astype(np.int32)),
                                                   column.values.take(pa.array(take)))
             columns.append(column)
@@ -191,37 +192,14 @@ def fit_only_copy(prepared: Path, out: Path) -> Path:
 
 def check_fit_only(prepared: Path) -> None:
     """Raises unless `prepared` is a fit-only copy (`fit_only_copy`): what a trial refuses to train on."""
-    from recfm.platform.data.prepare import PreparedInfo
+    from recfm.data.prepare import PreparedInfo
 
     info = PreparedInfo.load(Path(prepared))
     if not info.params.get("fit_only_of") or info.test_targets:
         raise RuntimeError(f"{prepared} holds test targets: tuning trials train and validate on a fit-only copy")
 
 
-def _positions(counts: np.ndarray) -> np.ndarray:
-    """0..c-1 for every count c, concatenated."""
-    return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-
-
 # -- the search ----------------------------------------------------------------------------------------------------
-
-
-def _start_ray(cfg: RecfmConfig, address: str | None) -> None:
-    """As `job.start_ray`, with room for `tune.concurrent` trials locally: each trial's driver (1 CPU) and
-    workers, and one CPU more for Ray Data."""
-    from recfm.platform.train.job import RAY_ENV
-
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    local = address in (None, "local")
-    if not ray.is_initialized():
-        per_trial = math.ceil(cfg.train.workers * cfg.train.cpus_per_worker) + 1
-        ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
-                 num_cpus=cfg.tune.concurrent * per_trial + 1 if local else None, logging_level="WARNING",
-                 configure_logging=True)
 
 
 def _search(cfg: RecfmConfig, tune_dir: Path, fit_data: Path, resume: bool, log) -> list:
@@ -364,10 +342,10 @@ class _Forward(ray.train.UserCallback):
 
 def _start_trial(params: dict, base: dict, fit_data: str, tune_dir: str, trial_id: str):
     """The trial's config, run directory (config.yaml, trial.json, model.json), data and model spec."""
-    from recfm.platform.data.dataset import Sequences
+    from recfm.data.dataset import Sequences
     from recfm.platform.runtime import configure_process
     from recfm.platform.train import job
-    from recfm.platform.trained import MODEL_FILE
+    from recfm.run.files import MODEL_FILE
 
     configure_process(1)
     run_dir = Path(tune_dir) / TRIALS_DIR / trial_id
@@ -413,7 +391,7 @@ class _Progress(Callback):
 
 def _records(trials: list, tune_dir: Path) -> list[dict]:
     """What each trial did, from its run directory (metrics.jsonl, checkpoints) and Tune's status."""
-    from recfm.platform.train.metrics import METRICS_FILE
+    from recfm.run.files import METRICS_FILE
 
     records = []
     for trial in trials:
@@ -448,8 +426,8 @@ def _records(trials: list, tune_dir: Path) -> list[dict]:
 def _best_checkpoint(run_dir: Path):
     """The trial's checkpoint with the best validation NDCG@10 (of those saved at a best-so-far epoch), and its
     training state; (None, None) when it has none."""
-    from recfm.platform.train.checkpoint import STATE_FILE, read_state
-    from recfm.platform.train.job import RAY_DIR, RAY_RUN_NAME
+    from recfm.platform.train.checkpoint import read_state
+    from recfm.run.files import RAY_DIR, RAY_RUN_NAME, STATE_FILE
 
     best, best_state = None, None
     for directory in sorted((run_dir / RAY_DIR / RAY_RUN_NAME).glob("epoch_*")):
@@ -482,10 +460,10 @@ def _write_best_yaml(best_cfg: RecfmConfig, best: dict, tune_dir: Path, n: int) 
 def _test(cfg: RecfmConfig, best_cfg: RecfmConfig, best: dict, prepared: Path, tune_dir: Path, n: int,
           log) -> str:
     """The test, once: the best trial's best checkpoint beside the baselines, on the real prepared data."""
-    from recfm.platform.data.dataset import Sequences
+    from recfm.data.dataset import Sequences
     from recfm.platform.evaluation.report import write_results
     from recfm.platform.train import job
-    from recfm.platform.trained import MODEL_FILE
+    from recfm.run.files import MODEL_FILE
 
     seqs = Sequences.load(prepared)
     results, notes = job._baselines(seqs, cfg, log)

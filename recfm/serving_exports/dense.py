@@ -16,7 +16,8 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from recfm.fm.batching import SequenceBatch, positions
+from recfm.data.ragged import positions
+from recfm.fm.batching import SequenceBatch
 from recfm.fm.config import ModelConfig
 from recfm.fm.model import UserFoundationModel, table_name
 from recfm.fm.tokens import EventTokenizer

@@ -17,19 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recfm.data.content import ContentCache
+from recfm.data.dataset import Sequences
 from recfm.fm.batching import inference_batch, rows_from_arrays
+from recfm.fm.load import foundation_model
 from recfm.fm.model import UserFoundationModel
-from recfm.platform.data.content import ContentCache
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.trained import FINAL_LINK, TrainedRun
+from recfm.run.files import FINAL_LINK
+from recfm.run.run import Run
 from recfm.serving_exports.dense import DenseSequenceModel
+from recfm.serving_exports.student import load_student
 
 MODELS = ("teacher", "student")
 
 
 @dataclass
 class RunEmbeddings:
-    run: TrainedRun
+    run: Run
     model_kind: str
     model: DenseSequenceModel
     weights: Path  # the checkpoint the model was loaded from
@@ -37,13 +40,13 @@ class RunEmbeddings:
 
     @classmethod
     def load(cls, run_dir: Path, model_kind: str = "teacher") -> RunEmbeddings:
-        from recfm.platform.train.distill import DISTILL_DIR, STUDENT_FILE, load_student
+        from recfm.run.files import DISTILL_DIR, STUDENT_FILE
 
-        run = TrainedRun.open(run_dir)
+        run = Run.open(run_dir)
         fm = None
         if model_kind == "teacher":
             checkpoint = run.checkpoint(FINAL_LINK)
-            fm = run.foundation_model()
+            fm = foundation_model(run)
             model = DenseSequenceModel.from_foundation(fm)
         elif model_kind == "student":
             model, checkpoint = load_student(run.directory), run.directory / DISTILL_DIR / STUDENT_FILE

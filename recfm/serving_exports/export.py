@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from recfm.fm.batching import inference_batch, rows_from_arrays
-from recfm.platform.trained import TrainedRun
+from recfm.fm.load import foundation_model
+from recfm.run.files import EXPORT_DIR, MANIFEST
+from recfm.run.run import Run
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.embeddings import data_cutoff
 from recfm.serving_exports.serving import ServingModel, input_names, serving_inputs
+from recfm.serving_exports.student import load_student
 
-EXPORT_DIR = "export"
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 OUTPUTS = ["scores", "user"]
 
@@ -39,7 +40,7 @@ class ExportError(ValueError):
     """The export could not be made or failed its own checks; the message says which and why."""
 
 
-def export_run(run: TrainedRun, model: DenseSequenceModel, reference, kind: str, out: Path, metrics: dict,
+def export_run(run: Run, model: DenseSequenceModel, reference, kind: str, out: Path, metrics: dict,
                parity_requests: int = 1000, tolerance: float = 1e-4, log=print) -> dict:
     """Exports `model` (built from `run`) into `out`; `reference` scores a `SequenceBatch` the way recfm
     evaluates this model (the TorchRec FM for a teacher). Returns the manifest."""
@@ -51,7 +52,7 @@ def export_run(run: TrainedRun, model: DenseSequenceModel, reference, kind: str,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    users, known = _parity_requests(seqs.offsets, parity_requests, run.cfg.eval.seed)
+    users, known = _parity_requests(seqs.offsets, parity_requests, run.config["eval"]["seed"])
     example = _tensors(serving_inputs(names, seqs.offsets, seqs.events, users[:8], known[:8], model.cfg.max_len))
     started = time.perf_counter()
     write_programs(serving, tuple(example[n] for n in names), model.cfg.max_len, tmp)
@@ -101,7 +102,7 @@ def write_programs(serving: ServingModel, example: tuple[torch.Tensor, ...], max
     onnx_program.save(str(directory / "model.onnx"))
 
 
-def check_parity(directory: Path, serving: ServingModel, reference, run: TrainedRun, names: list[str],
+def check_parity(directory: Path, serving: ServingModel, reference, run: Run, names: list[str],
                  users: np.ndarray, known: np.ndarray, max_len: int, batch: int = 250) -> dict[str, float]:
     """Max |difference| of each path's scores from `reference` (recfm's own evaluation path)."""
     import onnxruntime as ort
@@ -156,13 +157,12 @@ def _input_spec(name: str) -> dict:
 def export_trained(run_dir: Path, kind: str = "student", out: Path | None = None, log=print) -> dict:
     """`recfm export`: the run's distilled student, or its teacher (the final FM, gathered from its shards into
     one process), into `out` (default: RUN/export/<kind>)."""
-    from recfm.platform.evaluation.report import RESULTS_JSON
-    from recfm.platform.train.distill import DISTILL_DIR, load_student
+    from recfm.run.files import DISTILL_DIR, RESULTS_JSON
 
-    run = TrainedRun.open(run_dir)
+    run = Run.open(run_dir)
     if kind == "teacher":
         try:
-            fm = run.foundation_model()
+            fm = foundation_model(run)
         except Exception as err:  # a truncated or foreign checkpoint: say which, not a DCP traceback
             raise ExportError(f"cannot load the FM checkpoint of {run.directory}: {err}") from None
         model, reference = DenseSequenceModel.from_foundation(fm), fm.score_items

@@ -418,23 +418,6 @@ class Snapshot:
         return self.store._count(self.info, check_kind(kind))
 
 
-def open_store(uri: str, collection: str = DEFAULT_COLLECTION) -> EmbeddingStore:
-    """`postgresql://…` (or `postgres://…`): PostgreSQL with pgvector; `lancedb://PATH` or a plain path: the
-    embedded LanceDB store in that directory."""
-    check_collection(collection)
-    if uri.startswith(("postgresql://", "postgres://")):
-        from recfm.serving_exports.pg_store import PostgresStore
-
-        return PostgresStore(uri, collection)
-    if uri.startswith("lancedb://"):
-        uri = uri[len("lancedb://"):]
-    elif "://" in uri:
-        raise StoreError(f"store URI {uri!r}: the scheme must be postgresql:// or lancedb:// (or give a path)")
-    from recfm.serving_exports.lance_store import LanceStore
-
-    return LanceStore(uri, collection)
-
-
 def chunked(kind: str, ids: list[str], vectors: np.ndarray, rows: int, labels: list | None = None,
             skip: set | frozenset = frozenset()) -> Iterator[Chunk]:
     """`ids`/`vectors` cut into chunks of `rows`, numbered from 0, leaving out (kind, chunk) pairs in `skip`."""

@@ -22,7 +22,7 @@ def init_gloo(rank: int, world: int, port: int) -> None:
 def shard_and_train(rank: int, world: int, port: int, prepared: str, item_shardings: list[str], out: str) -> None:
     """For each of `item_shardings` (in one process group: the processes start once), shards a fresh model with
     that sharding for the item table, trains a few steps and writes what it saw."""
-    from recfm.platform.data.dataset import Sequences
+    from recfm.data.dataset import Sequences
 
     init_gloo(rank, world, port)
     seqs = Sequences.load(prepared)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recfm.serving_exports.store import StoreError, chunked, open_store
+from recfm.serving_exports.backends import open_store
+from recfm.serving_exports.store import StoreError, chunked
 
 
 def vectors(marker: int, kind: str, n: int, dim: int = 16) -> np.ndarray:

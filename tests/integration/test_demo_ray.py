@@ -20,9 +20,9 @@ from paths import DOCS
 from recfm.heads.context import Request
 from recfm.heads.examples import TASKS
 from recfm.platform.config import load_config
-from recfm.platform.evaluation.metrics import ndcg_at
 from recfm.platform.train.job import train
 from recfm.platform.trained import TrainedRun
+from recfm.ranking.metrics import ndcg_at
 
 TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
         "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
@@ -97,9 +97,9 @@ def test_recommend_cli_json_and_clear_errors(run, capsys):
 def test_the_student_is_tested_beside_its_teacher_and_the_baselines(run):
     from recfm.platform.evaluation.fm_scorer import FoundationScorer
     from recfm.platform.evaluation.harness import evaluate
-    from recfm.platform.train.distill import load_student
-    from recfm.platform.trained import BEST_LINK
+    from recfm.run.files import BEST_LINK
     from recfm.serving_exports.dense import DenseSequenceModel
+    from recfm.serving_exports.student import load_student
 
     rows = {r["model"]: r for r in json.loads((run / "distill" / "results.json").read_text())["rows"]}
     assert {"student", "teacher (best checkpoint)", "MostPop"} <= set(rows)
@@ -119,10 +119,10 @@ def test_the_student_is_tested_beside_its_teacher_and_the_baselines(run):
 
 
 def test_export_agrees_with_eager_on_a_thousand_histories(run):
-    from recfm.platform.train.distill import load_student
     from recfm.platform.trained import TrainedRun
     from recfm.serving_exports.export import _parity_requests, check_parity, read_manifest
     from recfm.serving_exports.serving import ServingModel
+    from recfm.serving_exports.student import load_student
 
     export = run / "export" / "student"
     manifest = read_manifest(export)
@@ -147,8 +147,8 @@ sys.meta_path.insert(0, _Refuse())
 
 
 def test_the_documented_consumer_scores_with_onnxruntime_alone(run, tmp_path):
-    from recfm.platform.train.distill import load_student
     from recfm.serving_exports.serving import ServingModel
+    from recfm.serving_exports.student import load_student
 
     code = CONSUMER.search((DOCS / "export.md").read_text()).group(1)
     (tmp_path / "sitecustomize.py").write_text(NO_RECFM)  # recfm, torch and torchrec cannot be imported
@@ -195,8 +195,8 @@ def test_bad_exports_fail_with_a_clear_message(run, tmp_path, capsys):
 
 def test_the_demo_pushes_one_models_user_and_item_vectors(run):
     from recfm.platform.trained import TrainedRun
+    from recfm.serving_exports.backends import open_store
     from recfm.serving_exports.embeddings import RunEmbeddings
-    from recfm.serving_exports.store import open_store
 
     trained = TrainedRun.open(run)
     seqs = trained.sequences
@@ -265,9 +265,9 @@ def test_embeddings_cli_reads_resumes_and_rolls_back(run, capsys):
 
 
 def test_titles_added_after_training_are_pushed_through_the_content_path(run, tmp_path, capsys):
-    from recfm.platform.data.content import ContentCache, item_texts
+    from recfm.data.content import ContentCache, item_texts
     from recfm.platform.trained import TrainedRun
-    from recfm.serving_exports.store import open_store
+    from recfm.serving_exports.backends import open_store
 
     new = tmp_path / "new_movies.csv"
     new.write_text("movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"

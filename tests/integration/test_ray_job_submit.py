@@ -87,7 +87,7 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120) 
 
 
 def test_job_submission_trains_and_writes_checkpoints(ray_head, tmp_path):
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.synth import synthesize
 
     url, env = ray_head
     synthesize(tmp_path / "syn", users=600, items=200, events=12000, seed=5, clusters=6)

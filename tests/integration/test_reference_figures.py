@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from conftest import require_beauty
 
-from recfm.platform.config import DEMO_DATA, DataConfig
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.pipeline import ensure_prepared
+from recfm.data.config import DEMO_DATA, DataConfig
+from recfm.data.dataset import Sequences
+from recfm.data.pipeline import ensure_prepared
 from recfm.platform.evaluation.baselines import EASE, MostPop
 from recfm.platform.evaluation.harness import tune_and_test
 

@@ -22,8 +22,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from recfm.platform.data.prepare import prepare
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.prepare import prepare
+    from recfm.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("shard")
     synthesize(root / "syn", users=400, items=300, events=12000, seed=2, clusters=6)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from recfm.serving_exports import lance_store
+from recfm.serving_exports.backends import open_store
 from recfm.serving_exports.local_postgres import local_postgres
-from recfm.serving_exports.store import Chunk, StoreError, chunked, open_store
+from recfm.serving_exports.store import Chunk, StoreError, chunked
 
 WORKER = Path(__file__).with_name("store_worker.py")
 sys.path.insert(0, str(WORKER.parent))

@@ -22,7 +22,7 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("train")
     synthesize(root / "syn", users=1200, items=300, events=24000, seed=4, clusters=8)
@@ -174,8 +174,8 @@ def test_streamed_windows_are_the_in_memory_windows(synthetic: Path, reference: 
     import pyarrow.parquet as pq
     import ray
 
-    from recfm.platform.data.pipeline import ensure_prepared
-    from recfm.platform.data.prepare import SEQUENCES_DIR
+    from recfm.data.pipeline import ensure_prepared
+    from recfm.data.prepare import SEQUENCES_DIR
     from recfm.platform.train.data import streamed_training_windows, training_windows
 
     cfg = load_config(reference / "config.yaml")

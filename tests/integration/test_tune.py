@@ -33,7 +33,7 @@ KEYS = {"model.dropout", "train.lr"}
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("tune")
     synthesize(root / "syn", users=400, items=120, events=8000, seed=4, clusters=6)
@@ -189,8 +189,8 @@ def test_a_search_writes_its_report_best_config_and_one_test(searched):
 
 
 def test_trials_see_only_train_and_validation(searched, synthetic: Path):
-    from recfm.platform.data.dataset import Sequences
-    from recfm.platform.data.pipeline import ensure_prepared
+    from recfm.data.dataset import Sequences
+    from recfm.data.pipeline import ensure_prepared
     from recfm.platform.tune import check_fit_only
 
     searched = searched[0]

@@ -14,7 +14,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from recfm.platform.data.dataset import Sequences
+from recfm.data.dataset import Sequences
+from recfm.ranking.ease import ease_weights
 
 
 class Scorer(Protocol):
@@ -69,19 +70,6 @@ class _ItemItem:
                                torch.from_numpy(rows.indptr[:-1].astype(np.int64)), mode="sum")
 
 
-def ease_weights(gram: torch.Tensor, lam: float) -> torch.Tensor:
-    """EASE's item-item weights from the item co-occurrence matrix XᵀX (dense float32; not modified)."""
-    # float32 Cholesky halves the time of float64 and is accurate to ~1e-6 relative here: G + λI is
-    # well conditioned (its smallest eigenvalue is at least λ). Cholesky + inverse beats linalg.inv 2.5x.
-    a = gram.clone()
-    a.diagonal().add_(lam)
-    p = torch.cholesky_inverse(torch.linalg.cholesky(a))
-    del a
-    p.div_(-torch.diagonal(p).clone()[None, :])
-    p.fill_diagonal_(0.0)
-    return p.contiguous()
-
-
 class EASE(_ItemItem):
     """Embarrassingly Shallow Autoencoder (Steck, 2019): B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹."""
 
@@ -128,7 +116,7 @@ class ContentKNN:
     recent: int = 5
 
     def fit(self, seqs: Sequences, stage: str) -> None:
-        from recfm.platform.data.content import load_content
+        from recfm.data.content import load_content
 
         self._seqs = seqs
         self.vectors = torch.from_numpy(load_content(seqs.directory))

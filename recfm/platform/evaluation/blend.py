@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from recfm.platform.data.dataset import Sequences
+from recfm.data.dataset import Sequences
 from recfm.platform.evaluation.baselines import Scorer
 from recfm.platform.evaluation.harness import SELECTION_METRIC, ModelResult, evaluate, evaluation_requests, mask_history
-from recfm.platform.evaluation.metrics import RankingMetrics
+from recfm.ranking.metrics import RankingMetrics
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recfm.data.dataset import Sequences
 from recfm.fm.batching import SequenceBatch, inference_batch, rows_from_arrays
 from recfm.fm.model import UserFoundationModel
 from recfm.platform.config import EvalConfig
-from recfm.platform.data.dataset import Sequences
 from recfm.platform.evaluation.harness import ModelResult, evaluate, evaluation_requests
-from recfm.platform.evaluation.metrics import rank_metrics
+from recfm.ranking.metrics import rank_metrics
 
 
 class FoundationScorer:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recfm.platform.data.dataset import Sequences
+from recfm.data.dataset import Sequences
 from recfm.platform.evaluation.baselines import EASE, ContentKNN, ItemKNN, MostPop, Scorer
-from recfm.platform.evaluation.metrics import RankingMetrics
+from recfm.ranking.metrics import RankingMetrics
 
 SELECTION_METRIC = "NDCG@10"
 PROTOCOL_VERSION = 2  # bumped when what a stage evaluates changes (2: every event after a time cutoff)

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recfm.platform.data.prepare import PreparedInfo
+from recfm.data.prepare import PreparedInfo
 from recfm.platform.evaluation.harness import ModelResult
-from recfm.platform.evaluation.metrics import rank_metrics
-
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
+from recfm.ranking.metrics import rank_metrics
+from recfm.run.files import RESULTS_JSON, RESULTS_MD
 
 
 def markdown_table(results: list[ModelResult], ks: list[int]) -> str:

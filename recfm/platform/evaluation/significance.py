@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recfm.platform.evaluation.metrics import ndcg_at
+from recfm.ranking.metrics import ndcg_at
 
 
 def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, users: np.ndarray, k: int = 10,

@@ -8,19 +8,16 @@ directory loads into another world size, or into a plain unsharded model in one 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.default_planner import create_default_local_load_plan
 
 from recfm.fm.distributed.sharding import ShardedTraining
-
-STATE_FILE = "train_state.json"
-MODEL_KEY = "model"
+from recfm.run.files import STATE_FILE
+from recfm.run.run import MODEL_KEY
 
 
 @dataclass
@@ -68,14 +65,3 @@ def load_checkpoint(directory: Path, training: ShardedTraining) -> TrainState:
 
 def read_state(directory: Path) -> TrainState:
     return TrainState(**json.loads((Path(directory) / STATE_FILE).read_text()))
-
-
-def load_weights(directory: Path, module: nn.Module) -> None:
-    """Loads a checkpoint's weights into a plain (unsharded) copy of the trained module, in one process."""
-    if not (Path(directory) / ".metadata").exists():
-        raise FileNotFoundError(f"{directory} is not a recfm checkpoint (no .metadata)")
-    state = {MODEL_KEY: module.state_dict()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
-        dcp.load(state, checkpoint_id=str(directory), no_dist=True)
-    module.load_state_dict(state[MODEL_KEY])

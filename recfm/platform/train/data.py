@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from recfm.fm.batching import SequenceBatch, inference_batch, positions, training_batch
+from recfm.data.prepare import SEQUENCES_DIR, PreparedInfo
+from recfm.data.ragged import positions
+from recfm.fm.batching import SequenceBatch, inference_batch, training_batch
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.data.prepare import SEQUENCES_DIR, PreparedInfo
 
 
 def _rows(batch: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:

@@ -21,22 +21,19 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from recfm.data.dataset import Sequences
+from recfm.data.prepare import SEQUENCES_DIR
 from recfm.platform.config import RecfmConfig
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.prepare import SEQUENCES_DIR
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import evaluate
-from recfm.platform.evaluation.report import RESULTS_JSON
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.data import TrainingCollate, training_windows
 from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
-from recfm.platform.trained import BEST_LINK, FINAL_LINK, TrainedRun
+from recfm.platform.trained import TrainedRun
+from recfm.run.files import BEST_LINK, DISTILL_DIR, FINAL_LINK, RESULTS_JSON, STUDENT_FILE, STUDENT_SPEC
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.distill import DistillationObjective
-
-DISTILL_DIR = "distill"
-STUDENT_FILE = "student.pt"
-STUDENT_SPEC = "student.json"
+from recfm.serving_exports.student import load_student
 
 
 def distill(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None = None, log=print) -> Path:
@@ -72,19 +69,6 @@ def distill(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None =
     (out / "results.json").write_text(json.dumps({"distill": asdict(d), "rows": rows}, indent=1) + "\n")
     log(table)
     return out
-
-
-def load_student(run_dir: Path) -> DenseSequenceModel:
-    """The run's distilled student, in eval mode (weights loaded with weights_only=True)."""
-    out = Path(run_dir) / DISTILL_DIR
-    if not (out / STUDENT_FILE).exists():
-        raise FileNotFoundError(f"{run_dir} has no distilled student: run `recfm distill {run_dir}` first")
-    student = DenseSequenceModel.from_spec(json.loads((out / STUDENT_SPEC).read_text()))
-    try:
-        student.load_state_dict(torch.load(out / STUDENT_FILE, weights_only=True))
-    except Exception as err:  # a truncated or foreign file: say which, not a pickle traceback
-        raise ValueError(f"{out / STUDENT_FILE} is not a readable student checkpoint: {err}") from None
-    return student.eval()
 
 
 def test_student(run: TrainedRun, student: DenseSequenceModel, teacher: DenseSequenceModel) -> list[dict]:

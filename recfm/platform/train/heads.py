@@ -39,13 +39,16 @@ from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.evaluation.significance import paired_difference
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
-from recfm.platform.trained import BEST_LINK, TrainedRun
+from recfm.platform.trained import TrainedRun
+from recfm.run.files import (
+    BEST_LINK,
+    HEADS_DIR,
+    HEADS_RANKS_FILE,
+    HEADS_SIGNALS_FILE,
+    HEADS_SPEC_FILE,
+    HEADS_WEIGHTS_FILE,
+)
 
-HEADS_DIR = "heads"
-WEIGHTS_FILE = "heads.pt"
-SPEC_FILE = "heads.json"
-SIGNALS_FILE = "signals.npz"
-RANKS_FILE = "test_ranks.npz"
 SELECTION = "holdout_gain"  # mean over tasks of the best holdout NDCG@10 so far / the untrained blend's
 
 
@@ -125,14 +128,14 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
                         address, log)
     out = run.directory / out_name
     out.mkdir(exist_ok=True)
-    torch.save(state, out / WEIGHTS_FILE)
-    (out / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "heads": asdict(hc)}, indent=1) + "\n")
+    torch.save(state, out / HEADS_WEIGHTS_FILE)
+    (out / HEADS_SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "heads": asdict(hc)}, indent=1) + "\n")
     log(f"heads trained in {(time.perf_counter() - started) / 60:.1f} min; testing")
     model = HeadsModel(run.foundation_model() if spec.fm == "frozen" else fm, spec)  # frozen: the refitted FM
     model.load_head_state(state)
     rows, note, ranks = test_heads(run, model, hc, log)
-    np.savez_compressed(out / RANKS_FILE, **ranks)
-    fit_signals(run, np.inf, hc).save(out / SIGNALS_FILE)  # what serving reads: every event and tag
+    np.savez_compressed(out / HEADS_RANKS_FILE, **ranks)
+    fit_signals(run, np.inf, hc).save(out / HEADS_SIGNALS_FILE)  # what serving reads: every event and tag
     table = heads_table(rows, note)
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"heads": asdict(hc), "rows": rows, "note": note}, indent=1) + "\n")
@@ -165,7 +168,7 @@ def signal_timeline(run: TrainedRun, start: float, end: float, hc: HeadsConfig, 
 
 def _chosen_ease_lambda(run: TrainedRun) -> float | None:
     """The λ the run's baseline table chose for EASE on validation, if it has one."""
-    from recfm.platform.evaluation.report import RESULTS_JSON
+    from recfm.run.files import RESULTS_JSON
 
     path = run.directory / RESULTS_JSON
     rows = json.loads(path.read_text())["models"] if path.exists() else []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import asdict
@@ -20,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from recfm.data.content import ensure_content
+from recfm.data.dataset import Sequences
+from recfm.data.pipeline import ensure_prepared
+from recfm.data.prepare import cold_items
 from recfm.fm.model import UserFoundationModel, build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
 from recfm.fm.semantic_ids import fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer
-from recfm.platform.config import RecfmConfig, TrainConfig
-from recfm.platform.data.content import ensure_content
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.pipeline import ensure_prepared
-from recfm.platform.data.prepare import cold_items
+from recfm.platform.config import RecfmConfig
 from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.evaluation.blend import ScoreBlend, tune_and_test_blend
 from recfm.platform.evaluation.fm_scorer import FoundationScorer, choose_new_item_boost
@@ -41,33 +40,30 @@ from recfm.platform.evaluation.harness import (
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.push import push_embeddings
 from recfm.platform.rundir import create_run_dir
-from recfm.platform.runtime import configure_process, shutdown_ray_if_started
-from recfm.platform.train.checkpoint import load_weights, read_state
+from recfm.platform.runtime import configure_process, shutdown_ray_if_started, start_ray
+from recfm.platform.train.checkpoint import read_state
 from recfm.platform.train.distill import distill
 from recfm.platform.train.heads import train_heads
-from recfm.platform.train.metrics import METRICS_FILE, REFIT_METRICS_FILE
 from recfm.platform.train.worker import SELECTION, train_worker
-from recfm.platform.trained import BEST_LINK, FINAL_LINK, MODEL_FILE
+from recfm.run.files import (
+    BEST_LINK,
+    FINAL_LINK,
+    ITEM_CONTENT_FILE,
+    ITEM_PROB_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RAY_DIR,
+    RAY_RUN_NAME,
+    REFIT_METRICS_FILE,
+    REFIT_RUN_NAME,
+)
+from recfm.run.run import load_weights
 from recfm.serving_exports.export import export_trained
 
-RAY_DIR = "ray"
-RAY_RUN_NAME = "train"
-REFIT_RUN_NAME = "refit"
-ITEM_PROB_FILE = "item_prob.npy"
-ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs
 FM_NAME = "recfm-FM"  # the final model's row (refitted when train.refit_epochs > 0)
 
 # Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
 # machines, and a hang on mismatched reports becomes an error instead.
-RAY_ENV = {
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": "900",
-    "RAY_DEDUP_LOGS": "0",
-}
-
-
 def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
     """Trains the foundation model on Ray and writes the test table; returns the run directory."""
     configure_process(cfg.threads)
@@ -137,22 +133,6 @@ def _item_content(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, counts: np.n
     refit_counts = np.bincount(seqs.events["item"][seqs.known_mask("test")], minlength=seqs.n_items)
     np.savez(run_dir / ITEM_CONTENT_FILE, vectors=vectors, centroids=centroids, has_id=counts > 0,
              has_id_refit=refit_counts > 0)
-
-
-def start_ray(t: TrainConfig, address: str | None) -> None:
-    """Joins the cluster at `address` (or the job's, under `ray job submit`), or starts a local Ray."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    # Inside a Ray job (`ray job submit -- recfm train …`) RAY_ADDRESS names the job's cluster: join it.
-    address = address or os.environ.get("RAY_ADDRESS")
-    local = address in (None, "local")
-    if not ray.is_initialized():
-        # Locally, one logical CPU more than the workers take leaves Ray Data room to read.
-        ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
-                 num_cpus=int(np.ceil(t.workers * t.cpus_per_worker)) + 1 if local else None,
-                 logging_level="WARNING", configure_logging=True)
 
 
 def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,

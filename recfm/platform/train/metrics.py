@@ -7,9 +7,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-TB_DIR = "tb"
-METRICS_FILE = "metrics.jsonl"
-REFIT_METRICS_FILE = "refit_metrics.jsonl"
+from recfm.run.files import METRICS_FILE, TB_DIR
 
 
 class MetricsLogger:

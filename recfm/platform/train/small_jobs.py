@@ -27,7 +27,8 @@ def fit_on_ray(cfg: RecfmConfig, run_dir: Path, name: str, worker: Callable[[dic
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recfm.platform.train.job import RAY_DIR, start_ray
+    from recfm.platform.runtime import start_ray
+    from recfm.run.files import RAY_DIR
 
     start_ray(cfg.train, address)
     t = cfg.train

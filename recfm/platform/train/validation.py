@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from recfm.platform.evaluation.metrics import target_ranks
+from recfm.ranking.metrics import target_ranks
 
 K = 10
 

@@ -25,8 +25,9 @@ from recfm.platform.config import RecfmConfig, config_from_dict
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from recfm.platform.train.data import TrainingCollate, ValidationCollate
-from recfm.platform.train.metrics import METRICS_FILE, REFIT_METRICS_FILE, MetricsLogger
+from recfm.platform.train.metrics import MetricsLogger
 from recfm.platform.train.validation import validate
+from recfm.run.files import METRICS_FILE, REFIT_METRICS_FILE
 
 SELECTION = "val_ndcg10"
 

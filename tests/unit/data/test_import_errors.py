@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MOVIES, RATINGS, write_movielens
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.events import import_events
-from recfm.platform.data.movielens import import_movielens
-from recfm.platform.data.sequences import import_sequences
+from recfm.data.errors import DataError
+from recfm.data.events import import_events
+from recfm.data.movielens import import_movielens
+from recfm.data.sequences import import_sequences
 
 HEADER = "userId,movieId,rating,timestamp\n"
 

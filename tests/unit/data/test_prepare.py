@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_movielens
 
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.movielens import import_movielens
-from recfm.platform.data.prepare import cold_items, prepare
-from recfm.platform.data.sequences import import_sequences
+from recfm.data.dataset import Sequences
+from recfm.data.errors import DataError
+from recfm.data.movielens import import_movielens
+from recfm.data.prepare import cold_items, prepare
+from recfm.data.sequences import import_sequences
 
 # user 7 rates three movies at the same second, in file order 3, 1, 2; then one more later
 TIED = ("userId,movieId,rating,timestamp\n"
@@ -100,7 +100,7 @@ def test_context_events_and_facet_vocab(tmp_path):
 
 
 def test_synthetic_data_prepares_and_keeps_every_event(tmp_path):
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.synth import synthesize
 
     synthesize(tmp_path / "syn", users=300, items=100, events=6000, seed=3)
     info = prepare(tmp_path / "syn", tmp_path / "prep", users_per_shard=128)

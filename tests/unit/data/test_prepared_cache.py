@@ -7,9 +7,9 @@ import os
 
 from conftest import write_movielens
 
-from recfm.platform.config import DataConfig
-from recfm.platform.data.dataset import Sequences
-from recfm.platform.data.pipeline import ensure_prepared
+from recfm.data.config import DataConfig
+from recfm.data.dataset import Sequences
+from recfm.data.pipeline import ensure_prepared
 
 RATINGS = "userId,movieId,rating,timestamp\n" + "".join(
     f"{u},{m},4.0,{1_000_000 + 100 * u + m}\n" for u in range(1, 6) for m in range(1, 4))

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recfm.platform.data import synth
-from recfm.platform.data.schema import ITEMS_FILE, DatasetInfo, event_schema, item_schema
-from recfm.platform.data.synth import DEVICES, SynthParams, synthesize
+from recfm.data import synth
+from recfm.data.schema import ITEMS_FILE, DatasetInfo, event_schema, item_schema
+from recfm.data.synth import DEVICES, SynthParams, synthesize
 
 USERS, ITEMS, EVENTS, K = 2_000, 500, 40_000, 20
 

@@ -7,10 +7,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recfm.platform.data.dataset import Sequences
+from recfm.data.dataset import Sequences
 from recfm.platform.evaluation.baselines import EASE, ItemKNN, MostPop
 from recfm.platform.evaluation.harness import evaluate, tune_and_test
-from recfm.platform.evaluation.metrics import RankingMetrics, target_ranks, top_k
+from recfm.ranking.metrics import RankingMetrics, target_ranks, top_k
 
 
 def test_ranks_match_brute_force_and_ties_are_not_in_the_models_favour():
@@ -83,8 +83,8 @@ class _Fixed:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from recfm.platform.data.prepare import prepare
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.prepare import prepare
+    from recfm.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("small")
     synthesize(root / "syn", users=400, items=120, events=8000, seed=5, clusters=6)
@@ -152,7 +152,7 @@ def test_sparse_history_rows_are_binary(small):
 
 
 def test_content_knn_ranks_the_items_whose_text_is_nearest_the_latest_ones(small, tmp_path):
-    from recfm.platform.data.content import CONTENT_FILE
+    from recfm.data.content import CONTENT_FILE
     from recfm.platform.evaluation.baselines import ContentKNN
 
     rng = np.random.default_rng(0)
@@ -177,7 +177,7 @@ def test_content_knn_ranks_the_items_whose_text_is_nearest_the_latest_ones(small
 
 
 def test_the_warm_and_cold_table_splits_each_models_ranks(tmp_path):
-    from recfm.platform.data.prepare import PreparedInfo
+    from recfm.data.prepare import PreparedInfo
     from recfm.platform.evaluation.harness import ModelResult
     from recfm.platform.evaluation.report import write_results
 

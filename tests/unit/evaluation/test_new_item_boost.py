@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from recfm.data.dataset import Sequences
 from recfm.platform.config import EvalConfig
-from recfm.platform.data.dataset import Sequences
 from recfm.platform.evaluation.fm_scorer import choose_new_item_boost
 from recfm.platform.evaluation.harness import ModelResult, evaluate, evaluation_requests
-from recfm.platform.evaluation.metrics import rank_metrics
+from recfm.ranking.metrics import rank_metrics
 
 BOOSTS = [0.5, 1.0, 2.0, 4.0, 8.0]
 
@@ -41,8 +41,8 @@ class _BoostedScores:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from recfm.platform.data.prepare import prepare
-    from recfm.platform.data.synth import synthesize
+    from recfm.data.prepare import prepare
+    from recfm.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("boost")
     synthesize(root / "syn", users=300, items=100, events=6000, seed=3, clusters=5)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from recfm.platform.evaluation.metrics import ndcg_at
 from recfm.platform.evaluation.significance import paired_difference
+from recfm.ranking.metrics import ndcg_at
 
 
 def test_ndcg_at_k():

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from recfm.data.content import DIM, ContentCache, item_texts
 from recfm.fm.batching import inference_batch, training_batch
 from recfm.fm.config import ModelConfig
 from recfm.fm.model import UserFoundationModel
 from recfm.fm.semantic_ids import assign_codes, fit_residual_kmeans
 from recfm.fm.tokens import EventTokenizer, Facet
-from recfm.platform.data.content import DIM, ContentCache, item_texts
 
 # Encodes with every socket connection refused and an empty Hugging Face home: if loading the encoder or
 # encoding reached for the network (or a hub download cache), it would fail here.
@@ -29,7 +29,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.socket.connect_ex = refuse
 socket.create_connection = refuse
-from recfm.platform.data.content import ContentCache
+from recfm.data.content import ContentCache
 texts = ["Toy Story (1995). Adventure, Animation, Children, Comedy",
          "Toy Story 2 (1999). Adventure, Animation, Children, Comedy",
          "Heat (1995). Action, Crime, Thriller"]

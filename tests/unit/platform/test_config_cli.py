@@ -9,7 +9,8 @@ import sys
 import pytest
 from paths import CONFIGS
 
-from recfm.platform.config import DEMO_DATA, ConfigError, load_config, to_yaml
+from recfm.data.config import DEMO_DATA
+from recfm.platform.config import ConfigError, load_config, to_yaml
 
 
 def test_defaults_are_the_bundled_demo():

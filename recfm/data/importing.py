@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.schema import (
+from recfm.data.errors import DataError
+from recfm.data.schema import (
     EVENT_FIELDS,
     ITEMS_FILE,
     QUARANTINE_FILE,
@@ -20,8 +20,8 @@ from recfm.platform.data.schema import (
     event_schema,
     item_schema,
 )
-from recfm.platform.data.validate import ImportLedger
-from recfm.platform.data.writer import EventShardWriter
+from recfm.data.validate import ImportLedger
+from recfm.data.writer import EventShardWriter
 
 DUPLICATE_KEY = ["user_id", "item_id", "ts", "action", "query"]
 

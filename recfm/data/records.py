@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recfm.platform.data.errors import DataError
+from recfm.data.errors import DataError
 
 CHUNK_ROWS = 500_000
 # (line number, fields or None when malformed, reason, raw text)

@@ -16,11 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.importing import EventPart, finish_import, prepare_output, refuse_unknown_items
-from recfm.platform.data.records import CHUNK_ROWS, RecordChunk, read_csv_chunks
-from recfm.platform.data.schema import EVENT_FIELDS, DatasetInfo
-from recfm.platform.data.validate import Batch, ImportLedger
+from recfm.data.errors import DataError
+from recfm.data.importing import EventPart, finish_import, prepare_output, refuse_unknown_items
+from recfm.data.records import CHUNK_ROWS, RecordChunk, read_csv_chunks
+from recfm.data.schema import EVENT_FIELDS, DatasetInfo
+from recfm.data.validate import Batch, ImportLedger
 
 TS_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "iso": None}
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from recfm.platform.config import DataConfig
-from recfm.platform.data.events import import_events
-from recfm.platform.data.importing import summary
-from recfm.platform.data.movielens import import_movielens
-from recfm.platform.data.prepare import PreparedInfo, describe, prepare
-from recfm.platform.data.schema import DatasetInfo
-from recfm.platform.data.sequences import import_sequences
+from recfm.data.config import DataConfig
+from recfm.data.events import import_events
+from recfm.data.importing import summary
+from recfm.data.movielens import import_movielens
+from recfm.data.prepare import PreparedInfo, describe, prepare
+from recfm.data.schema import DatasetInfo
+from recfm.data.sequences import import_sequences
 
 _IMPORT_KEYS = ("source", "format", "mode", "id_type", "mapping", "ts_unit", "items")
 _PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions", "cold_items", "cold_seed")

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.importing import EventPart, finish_import, prepare_output, refuse_unknown_items
-from recfm.platform.data.records import RecordChunk, read_csv_chunks, read_split_lines
-from recfm.platform.data.schema import DatasetInfo
-from recfm.platform.data.validate import Batch, ImportLedger
+from recfm.data.errors import DataError
+from recfm.data.importing import EventPart, finish_import, prepare_output, refuse_unknown_items
+from recfm.data.records import RecordChunk, read_csv_chunks, read_split_lines
+from recfm.data.schema import DatasetInfo
+from recfm.data.validate import Batch, ImportLedger
 
 INTERACTIONS = ["like", "rate", "dislike"]
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from recfm.fm.batching import positions
-from recfm.platform.data.prepare import SEQUENCES_DIR, PreparedInfo
+from recfm.data.prepare import SEQUENCES_DIR, PreparedInfo
+from recfm.data.ragged import positions
 
 STAGES = ("val", "test")
 

@@ -46,9 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recfm.platform.data.importing import prepare_output
-from recfm.platform.data.schema import ITEMS_FILE, DatasetInfo, FileCounts, event_schema, item_schema
-from recfm.platform.data.writer import EventShardWriter
+from recfm.data.importing import prepare_output
+from recfm.data.schema import ITEMS_FILE, DatasetInfo, FileCounts, event_schema, item_schema
+from recfm.data.writer import EventShardWriter
 
 ACTIONS = ["play", "complete", "thumbs_up", "thumbs_down", "add_to_list"]
 DEVICES = ["tv", "mobile", "web", "tablet"]

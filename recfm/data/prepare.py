@@ -39,8 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.schema import CATEGORICAL_FACETS, EVENTS_DIR, ITEMS_FILE, DatasetInfo, extra_facets
+from recfm.data.errors import DataError
+from recfm.data.schema import CATEGORICAL_FACETS, EVENTS_DIR, ITEMS_FILE, DatasetInfo, extra_facets
 
 SEQUENCES_DIR = "sequences"
 PREPARED_FILE = "prepared.json"

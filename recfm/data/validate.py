@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.records import RecordChunk
-from recfm.platform.data.schema import QUARANTINE_FILE, TS_MAX, TS_MIN, FileCounts
+from recfm.data.config import MODES
+from recfm.data.errors import DataError
+from recfm.data.records import RecordChunk
+from recfm.data.schema import QUARANTINE_FILE, TS_MAX, TS_MIN, FileCounts
 
-MODES = ("strict", "lenient")
 _BAD_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape turns undecodable bytes into
 # text no store can keep: undecodable bytes, and NUL (PostgreSQL text cannot hold it, so a push would fail far
 # from the cause); each with the reason a refused row is given

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recfm.platform.data.errors import DataError
-from recfm.platform.data.importing import EventPart, finish_import, position_in_group, prepare_output
-from recfm.platform.data.records import RecordChunk, read_split_lines
-from recfm.platform.data.schema import DatasetInfo
-from recfm.platform.data.validate import UNSTORABLE, Batch, ImportLedger
+from recfm.data.errors import DataError
+from recfm.data.importing import EventPart, finish_import, position_in_group, prepare_output
+from recfm.data.records import RecordChunk, read_split_lines
+from recfm.data.schema import DatasetInfo
+from recfm.data.validate import UNSTORABLE, Batch, ImportLedger
 
 ACTION = "interact"
 

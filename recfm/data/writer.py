@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recfm.platform.data.schema import EVENTS_DIR
+from recfm.data.schema import EVENTS_DIR
 
 
 class EventShardWriter:

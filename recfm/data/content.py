@@ -95,9 +95,9 @@ def embed_catalog(prepared: Path, cache_dir: Path, batch_size: int = 128, progre
     Tags count only when applied before the validation cutoff of a time split (later ones would tell training
     and validation about the future), and not on held-out cold items; a leave-one-out split, whose cutoffs
     differ per user, uses none."""
-    from recfm.platform.data.errors import DataError
-    from recfm.platform.data.prepare import PreparedInfo, cold_items
-    from recfm.platform.trained import Catalog
+    from recfm.data.catalog import Catalog
+    from recfm.data.errors import DataError
+    from recfm.data.prepare import PreparedInfo, cold_items
 
     catalog = Catalog.load(prepared)
     info = PreparedInfo.load(prepared)

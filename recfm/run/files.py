@@ -1,0 +1,40 @@
+"""Every name in a run directory, in one place: the stages write these and every consumer reads them.
+
+    runs/<name>-<time>/
+        config.yaml            the resolved config                 model.json       what rebuilds the FM
+        item_prob.npy          item frequencies (logQ)             item_content.npz its content path's arrays
+        ray/train/, ray/refit/ Ray Train's runs: checkpoints       best_checkpoint, final_checkpoint  links
+        metrics.jsonl, refit_metrics.jsonl, tb/                    the training curves
+        results.md, results.json                                   the test table
+        heads/   heads.pt, heads.json, signals.npz, test_ranks.npz, results.*
+        distill/ student.pt, student.json, results.*               export/<kind>/  manifest.json and the files
+"""
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.json"
+ITEM_PROB_FILE = "item_prob.npy"
+ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs
+RAY_DIR = "ray"
+RAY_RUN_NAME = "train"
+REFIT_RUN_NAME = "refit"
+BEST_LINK = "best_checkpoint"  # best on validation (trained on events before the validation cutoff)
+FINAL_LINK = "final_checkpoint"  # what is tested and served: the best one, refitted up to the test cutoff
+STATE_FILE = "train_state.json"  # in a checkpoint: epoch, step, early-stopping state
+TB_DIR = "tb"
+METRICS_FILE = "metrics.jsonl"
+REFIT_METRICS_FILE = "refit_metrics.jsonl"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+HEADS_DIR = "heads"
+HEADS_WEIGHTS_FILE = "heads.pt"
+HEADS_SPEC_FILE = "heads.json"
+HEADS_SIGNALS_FILE = "signals.npz"
+HEADS_RANKS_FILE = "test_ranks.npz"
+
+DISTILL_DIR = "distill"
+STUDENT_FILE = "student.pt"
+STUDENT_SPEC = "student.json"
+
+EXPORT_DIR = "export"
+MANIFEST = "manifest.json"
