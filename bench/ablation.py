@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from recfm.platform.config import load_config
-from recfm.platform.train.job import train
+from recfm.platform.pipeline import run_pipeline
 from recfm.run.files import RESULTS_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def main() -> None:
         run_dir = Path(args.out) / "runs" / f"ablation-{stamp}" / label.replace(" ", "_").replace(",", "")
         cfg = load_config(args.config, [*args.overrides, *overrides, f"run_dir={run_dir}"])
         started = time.perf_counter()
-        train(cfg, log=lambda line, label=label: print(f"[{label}] {line}", flush=True))
+        run_pipeline(cfg, log=lambda line, label=label: print(f"[{label}] {line}", flush=True))
         minutes = (time.perf_counter() - started) / 60
         models = {m["name"]: m for m in json.loads((run_dir / RESULTS_JSON).read_text())["models"]}
         fm = models.pop("recfm-FM")

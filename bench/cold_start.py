@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 from recfm.platform.config import load_config
-from recfm.platform.train.job import train
+from recfm.platform.pipeline import run_pipeline
 from recfm.run.files import RESULTS_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ["data.split=time", "data.cold_items=0.1", "train.max_minutes=0",
-         "eval.baselines=[MostPop,ItemKNN,EASE,ContentKNN]", "heads.enabled=false", "distill.enabled=false",
-         "store.push=false"]
+         "eval.baselines=[MostPop,ItemKNN,EASE,ContentKNN]"]
 VARIANTS = {
     "recfm-FM, ID only": ["model.content=false"],
     "recfm-FM, ID + content": ["model.content=true"],
@@ -51,7 +50,7 @@ def main() -> None:
         run_dir = Path(args.out) / "runs" / f"cold-start-{stamp}" / label.split(", ", 1)[1].replace(" ", "_")
         cfg = load_config(args.config, [*SPLIT, *args.overrides, *overrides, f"run_dir={run_dir}"])
         started = time.perf_counter()
-        train(cfg, log=lambda line, label=label: print(f"[{label}] {line}", flush=True))
+        run_pipeline(cfg, log=lambda line, label=label: print(f"[{label}] {line}", flush=True))
         minutes = (time.perf_counter() - started) / 60
         results = json.loads((run_dir / RESULTS_JSON).read_text())
         subsets = results["warm_cold"]

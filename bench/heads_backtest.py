@@ -64,7 +64,7 @@ def run_fold(k: int, cuts: tuple[float, float, float | None], source: Path, work
             cut_copy(source, data, end)
         shutil.rmtree(run_dir, ignore_errors=True)
         _recfm("train", f"run_dir={run_dir}", f"data.source={data}", f"data.val_cutoff={val}",
-               f"data.test_cutoff={test}", "distill.enabled=false", "store.push=false", *overrides)
+               f"data.test_cutoff={test}", *overrides)
     if not (run_dir / heads / HEADS_RANKS_FILE).exists():
         _recfm("heads", "train", str(run_dir), "--out", heads, *overrides)
     print(f"fold {k}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)

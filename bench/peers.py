@@ -37,8 +37,7 @@ RECBOLE_PY = ROOT / "bench" / ".venv-recbole" / "bin" / "python"
 RECFM = [sys.executable, "-m", "recfm"]
 # recfm's Beauty config at RecBole's SASRec size; validation only where the comparison needs it
 SAME_SIZE = ["model.dim=64", "model.layers=2", "model.heads=2", "model.ffn_mult=4", "model.max_len=50",
-             "model.dropout=0.2", "objective.loss=full", "eval.baselines=[MostPop]", "distill.enabled=false",
-             "store.push=false", "heads.enabled=false"]
+             "model.dropout=0.2", "objective.loss=full", "eval.baselines=[MostPop]", ]
 
 
 def recfm_run(out: Path, label: str, overrides: list[str]) -> dict:

@@ -34,7 +34,7 @@ def main() -> None:
     from recfm.platform.train.job import (
         ITEM_CONTENT_FILE,
         ITEM_PROB_FILE,
-        _baselines,
+        baselines,
         blend_with_ease,
         run_ray_training,
         test_checkpoint,
@@ -58,7 +58,7 @@ def main() -> None:
                 if (run / f).exists():
                     shutil.copy(run / f, out / f)
             final = run_ray_training(cfg, out, prepared, spec, None, print, refit_from=best)
-            results, notes = _baselines(seqs, cfg, print)
+            results, notes = baselines(seqs, cfg, print)
             results.append(test_checkpoint(best, spec, cfg, seqs, name="recfm-FM (before refit)"))
             results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best, baselines=results))
             blend = blend_with_ease(results, final, spec, cfg, seqs, val_checkpoint=best)

@@ -65,7 +65,7 @@ def run(mode: str, args, data: Path) -> dict:
     command = [str(RECFM), "train", str(ROOT / "configs" / "smoke.yaml"), f"data.source={data}",
                "data.format=imported", "data.split=loo", f"data.cache_dir={args.work / 'cache'}", f"run_dir={run_dir}",
                f"train.epochs={args.epochs}", f"train.val_every={args.epochs}", "train.val_users=5000",
-               "eval.val_targets=5000", "eval.baselines=[MostPop]", "heads.enabled=false", "objective.loss=sampled",
+               "eval.val_targets=5000", "eval.baselines=[MostPop]", "objective.loss=sampled",
                f"train.stream_data={'true' if mode == 'streamed' else 'false'}"]
     print(" ".join(command), flush=True)
     peaks: dict = defaultdict(float)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from recfm.data.errors import DataError
-from recfm.platform.config import ConfigError, RecfmConfig, StoreConfig, load_config, to_yaml
+from recfm.platform.config import STAGES, ConfigError, RecfmConfig, StoreConfig, load_config, to_yaml
 
 EXIT_USAGE = 2
 
@@ -88,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", help="a prepared directory to use instead of the config's data section")
     embed.set_defaults(run=_content_embed)
 
-    tr = commands.add_parser("train", help="train the foundation model on Ray and test it beside the baselines")
+    tr = commands.add_parser("train", help="run the pipeline's stages (the config's `stages`; by default prepare, fm, "
+                                           "refit, evaluate): train the foundation model on Ray and test it "
+                                           "beside the baselines")
     _config_args(tr)
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config first")
     tr.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     tr.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                     help="continue a run from its latest checkpoint (default: the newest run under runs/)")
@@ -188,11 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print the reference of every key instead (docs/configuration.md is this output)")
     show.set_defaults(run=_show_config)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded defaults: on the bundled ml-latest-small "
-                                           "(time split), train the foundation model, test it beside the "
-                                           "baselines, train and test the task heads, then distil a "
-                                           "student, export it and push its embeddings to the store")
+    demo = commands.add_parser("demo", help="every stage of the pipeline on the embedded defaults (the bundled "
+                                           "ml-latest-small, time split): prepare, train the foundation model, "
+                                           "refit and test it beside the baselines, train and test the task "
+                                           "heads, distil a student, export it and push embeddings to the store")
     _config_args(demo)
+    demo.add_argument("--print-config", action="store_true", help="print the resolved config first")
     demo.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     demo.set_defaults(run=_demo)
     return parser
@@ -212,11 +216,11 @@ def _show_config(args: argparse.Namespace) -> None:
         print(to_yaml(_config(args)), end="")
 
 
-def _config(args: argparse.Namespace) -> RecfmConfig:
+def _config(args: argparse.Namespace, base: dict | None = None) -> RecfmConfig:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():  # only overrides were given
         config, overrides = None, [config, *overrides]
-    return load_config(config, overrides)
+    return load_config(config, overrides, base=base)
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -295,11 +299,13 @@ def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[Rec
 
 
 def _train(args: argparse.Namespace) -> None:
-    from recfm.platform.train.job import train
+    from recfm.platform.pipeline import run_pipeline
     from recfm.run.run import latest_run
 
     cfg, resume = _config_or_resumed(args, latest_run, "run")
-    train(cfg, args.address, resume)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+    run_pipeline(cfg, args.address, resume)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -310,11 +316,12 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from recfm.platform.train.job import train
+    from recfm.platform.pipeline import run_pipeline
 
-    cfg = _config(args)
-    print(to_yaml(cfg), end="")
-    train(cfg, args.address)
+    cfg = _config(args, base={"stages": list(STAGES)})  # every stage, unless told otherwise
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+    run_pipeline(cfg, args.address)
 
 
 def _heads_train(args: argparse.Namespace) -> None:
@@ -322,7 +329,6 @@ def _heads_train(args: argparse.Namespace) -> None:
     from recfm.platform.train.heads import train_heads
 
     run, cfg = _run_and_config(args)
-    print(to_yaml(cfg), end="")
     with shutdown_ray_if_started():
         train_heads(run, cfg, args.address, out_name=args.out)
 
@@ -344,7 +350,6 @@ def _distill(args: argparse.Namespace) -> None:
     from recfm.platform.train.distill import distill
 
     run, cfg = _run_and_config(args)
-    print(to_yaml(cfg), end="")
     with shutdown_ray_if_started():
         distill(run, cfg, args.address)
 

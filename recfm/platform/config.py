@@ -124,8 +124,6 @@ class TrainConfig:
 class HeadsConfig:
     """The task heads (`recfm.heads`), trained after the FM on requests the FM never saw (time split only)."""
 
-    enabled: bool = True
-    """`recfm train` and `recfm demo` train the heads when the split is time"""
     mode: str = "unified"
     """unified (one ranker, task embedding) | separate (one ranker per task)"""
     fm: str = "frozen"
@@ -194,8 +192,6 @@ class HeadsConfig:
 class DistillConfig:
     """`recfm distill RUN`: a small student (plain embeddings, fewer layers and dimensions) learns the run's FM."""
 
-    enabled: bool = True
-    """`recfm demo` distils and exports the demo run"""
     dim: int = 32
     """the student's width (plain embedding tables, summed facets)"""
     layers: int = 1
@@ -238,8 +234,6 @@ class DistillConfig:
 class StoreConfig:
     """`recfm push-embeddings RUN`: the run's user and item vectors into the embedding store, as one version."""
 
-    push: bool = True
-    """`recfm demo` pushes its run's embeddings"""
     uri: str = "runs/embedding-store"
     """a directory (the embedded LanceDB store) or postgresql://user@host/db"""
     collection: str = "recfm"
@@ -358,6 +352,9 @@ def space_values(key: str, spec: Any) -> list:
     raise ConfigError(f"tune.space.{key}: a spec is a list of choices or {{low, high, log}}, not {spec!r}")
 
 
+STAGES = ("prepare", "fm", "refit", "evaluate", "heads", "distill", "export", "push")  # recfm.platform.pipeline
+
+
 @dataclass
 class RecfmConfig:
     name: str = "demo"
@@ -366,6 +363,9 @@ class RecfmConfig:
     """where the run writes; default: runs/<name>-<time>"""
     threads: int = 0
     """torch intra-op threads; 0 = all cores"""
+    stages: list[str] = field(default_factory=lambda: ["prepare", "fm", "refit", "evaluate"])
+    """what `recfm train` runs, always in pipeline order: prepare, fm, refit, evaluate, heads, distill, export, push
+    (`recfm demo` runs them all; docs/training.md)"""
     data: DataConfig = field(default_factory=DataConfig)
     """the events: source, format, validation and split"""
     content: ContentConfig = field(default_factory=ContentConfig)
@@ -396,6 +396,10 @@ class RecfmConfig:
                 section.validate()
         if self.threads < 0:
             raise ConfigError("threads must be 0 (all cores) or more")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown or not self.stages:
+            raise ConfigError(f"stages: {', '.join(map(repr, unknown)) or 'none given'}; the stages are "
+                              f"{', '.join(STAGES)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -345,20 +345,23 @@ def _start_trial(params: dict, base: dict, fit_data: str, tune_dir: str, trial_i
     from recfm.data.dataset import Sequences
     from recfm.platform.runtime import configure_process
     from recfm.platform.train import job
-    from recfm.run.files import MODEL_FILE
+    from recfm.run.files import MODEL_FILE, RAY_DIR
 
     configure_process(1)
     run_dir = Path(tune_dir) / TRIALS_DIR / trial_id
     cfg = with_overrides(config_from_dict(base), params | {"run_dir": str(run_dir)})
     prepared = Path(fit_data)
     check_fit_only(prepared)
-    if (run_dir / job.RAY_DIR).exists():  # a trial started again after an interruption
+    if (run_dir / RAY_DIR).exists():  # a trial started again after an interruption
         (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
     else:
         create_run_dir(cfg)
     (run_dir / TRIAL_FILE).write_text(json.dumps({"trial_id": trial_id, "settings": params,
                                                   "prepared": str(prepared)}, indent=1) + "\n")
-    spec = job._model_spec(cfg, Sequences.load(prepared), run_dir, resumed=(run_dir / MODEL_FILE).exists())
+    if (run_dir / MODEL_FILE).exists():  # a resumed trial keeps its tokenizer
+        spec = json.loads((run_dir / MODEL_FILE).read_text())
+    else:
+        spec = job.write_model_spec(cfg, Sequences.load(prepared), run_dir, log=lambda _: None)
     return cfg, run_dir, prepared, spec
 
 
@@ -466,7 +469,7 @@ def _test(cfg: RecfmConfig, best_cfg: RecfmConfig, best: dict, prepared: Path, t
     from recfm.run.files import MODEL_FILE
 
     seqs = Sequences.load(prepared)
-    results, notes = job._baselines(seqs, cfg, log)
+    results, notes = job.baselines(seqs, cfg, log)
     spec = json.loads((Path(best["run_dir"]) / MODEL_FILE).read_text())
     results.append(job.test_checkpoint(Path(best["checkpoint"]), spec, best_cfg, seqs, baselines=results))
     notes = [*notes, f"recfm-FM is the best of {n} trials of `recfm tune` by validation NDCG@10 (trial "

@@ -20,11 +20,12 @@ from paths import DOCS
 from recfm.heads.context import Request
 from recfm.heads.examples import TASKS
 from recfm.platform.config import load_config
-from recfm.platform.train.job import train
+from recfm.platform.pipeline import run_pipeline
 from recfm.platform.trained import TrainedRun
 from recfm.ranking.metrics import ndcg_at
 
-TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
+TINY = ["stages=[prepare,fm,refit,evaluate,heads,distill,export,push]",  # the demo: every stage
+        "model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", "train.val_every=1",
         "train.max_minutes=0", "train.refit_epochs=1", "train.val_users=2000", "eval.ease_max_items=5000",
         "eval.knn_neighbors=[50]", "eval.knn_shrinks=[10.0]", "eval.val_targets=2000", "heads.epochs=1",
         "heads.max_train_per_task=300", "heads.max_test_per_task=300",
@@ -34,7 +35,7 @@ TINY = ["model.dim=32", "model.layers=1", "model.max_len=20", "train.epochs=2", 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, local_ray):
     run_dir = tmp_path_factory.mktemp("heads") / "run"
-    train(load_config(None, [*TINY, f"run_dir={run_dir}", f"store.uri={run_dir.parent / 'store'}"]),
+    run_pipeline(load_config(None, [*TINY, f"run_dir={run_dir}", f"store.uri={run_dir.parent / 'store'}"]),
           log=lambda _: None)
     return run_dir
 

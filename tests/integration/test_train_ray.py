@@ -15,7 +15,7 @@ import pytest
 from paths import CONFIGS
 
 from recfm.platform.config import load_config
-from recfm.platform.train.job import train
+from recfm.platform.pipeline import run_pipeline
 
 EPOCHS = 4
 
@@ -38,7 +38,7 @@ def _overrides(root: Path, run: Path, *extra: str) -> list[str]:
 def reference(synthetic: Path, local_ray) -> Path:
     """An uninterrupted run: the figures a run that loses a worker must reach too."""
     run = synthetic / "reference"
-    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.refit_epochs=1",
+    run_pipeline(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.refit_epochs=1",
                                                           "train.refit_decay=true", "eval.baselines=[MostPop,EASE]")),
           log=lambda _: None)
     return run
@@ -129,7 +129,7 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint, args=(run / "ray" / "train", killed),
                               daemon=True)
     killer.start()
-    train(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.max_failures=1",
+    run_pipeline(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.max_failures=1",
                                                                      "train.stream_data=true")),
           log=lambda _: None)
     killer.join(timeout=5)
@@ -155,7 +155,7 @@ def test_resume_continues_a_finished_run(reference: Path, local_ray):
     """`recfm train --resume RUN` with more epochs continues from the latest checkpoint, not from scratch (here
     under bf16 autocast, `train.bf16`, which a resume may switch on)."""
     before = _epochs(reference)
-    train(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}", "train.bf16=true",
+    run_pipeline(load_config(reference / "config.yaml", [f"train.epochs={EPOCHS + 1}", "train.bf16=true",
                                                   "train.refit_epochs=0"]),
           resume=reference, log=lambda _: None)
     after = _epochs(reference)

@@ -1,19 +1,12 @@
-"""`recfm train`: the driver. Prepares data, runs Ray Train's TorchTrainer, then tests the best checkpoint
-in this process beside the baselines and writes the run directory:
-
-    runs/<name>-<time>/
-        config.yaml        the resolved config          model.json     what rebuilds the model
-        ray/               Ray Train storage: checkpoints (best by validation NDCG@10, and the latest)
-        tb/                TensorBoard: loss per objective, learning rate, events/s, validation, hparams
-        metrics.jsonl      one line per epoch           results.md / results.json   the test table
-"""
+"""The foundation model's Ray Train job and its test, for the pipeline's prepare, fm, refit and evaluate stages
+(`recfm.platform.pipeline`): the model spec, the TorchTrainer run (training, or the refit of its best checkpoint)
+and the test of its checkpoints beside the baselines, written into the run directory (`recfm.run.files`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +14,6 @@ import numpy as np
 
 from recfm.data.content import ensure_content
 from recfm.data.dataset import Sequences
-from recfm.data.pipeline import ensure_prepared
 from recfm.data.prepare import cold_items
 from recfm.fm.model import UserFoundationModel, build_model, model_spec
 from recfm.fm.objectives import TrainingObjective
@@ -38,12 +30,8 @@ from recfm.platform.evaluation.harness import (
     tune_and_test,
 )
 from recfm.platform.evaluation.report import write_results
-from recfm.platform.push import push_embeddings
-from recfm.platform.rundir import create_run_dir
-from recfm.platform.runtime import configure_process, shutdown_ray_if_started, start_ray
+from recfm.platform.runtime import start_ray
 from recfm.platform.train.checkpoint import read_state
-from recfm.platform.train.distill import distill
-from recfm.platform.train.heads import train_heads
 from recfm.platform.train.worker import SELECTION, train_worker
 from recfm.run.files import (
     BEST_LINK,
@@ -58,56 +46,26 @@ from recfm.run.files import (
     REFIT_RUN_NAME,
 )
 from recfm.run.run import load_weights
-from recfm.serving_exports.export import export_trained
 
 FM_NAME = "recfm-FM"  # the final model's row (refitted when train.refit_epochs > 0)
 
-# Ray Train settings for this workload: no duplicated worker prints, room for slow worker start-up on small
-# machines, and a hang on mismatched reports becomes an error instead.
-def train(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
-    """Trains the foundation model on Ray and writes the test table; returns the run directory."""
-    configure_process(cfg.threads)
-    prepared = ensure_prepared(cfg.data, log)
-    seqs = Sequences.load(prepared)
-    run_dir = Path(resume) if resume else create_run_dir(cfg)
-    run_dir = run_dir.resolve()
-    spec = _model_spec(cfg, seqs, run_dir, resumed=resume is not None)
-    log(f"training in {run_dir} ({cfg.train.workers} Ray workers)")
-    started = time.perf_counter()
-    with shutdown_ray_if_started():
-        best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
-        log(f"training took {(time.perf_counter() - started) / 60:.1f} min; best checkpoint {best}")
-        final = best
-        if cfg.train.refit_epochs:
-            log(f"refit: {cfg.train.refit_epochs} more epochs on every event before the test "
-                f"{'cutoff' if seqs.info.split == 'time' else 'target (train + validation)'} (the baselines are "
-                f"refitted on them too)")
-            final = run_ray_training(cfg, run_dir, prepared, spec, address, log, refit_from=best)
-        else:
-            _link(run_dir / FINAL_LINK, best)
-        results, notes = _baselines(seqs, cfg, log)
-        if final != best and seqs.info.split == "loo":  # the model as trained, beside its refit
-            results.append(test_checkpoint(best, spec, cfg, seqs, name=f"{FM_NAME} (before refit)"))
-        results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if final != best else None,
-                                       baselines=results))
-        blend = blend_with_ease(results, final, spec, cfg, seqs, best if final != best else None, log)
-        results += [blend] if blend is not None else []
-        log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
-        if cfg.heads.enabled and seqs.info.split == "time":
-            train_heads(run_dir, cfg, address, log)
-        elif cfg.heads.enabled:
-            log("heads skipped: they are trained and tested across time (data.split=time)")
-        if cfg.distill.enabled:
-            distill(run_dir, cfg, address, log)
-            export_trained(run_dir, "student", log=log)
-        if cfg.store.push:
-            push_embeddings(run_dir, cfg.store, address=address, progress=False, log=log)
-    return run_dir
+def test_run(cfg: RecfmConfig, run_dir: Path, seqs: Sequences, spec: dict, best: Path, final: Path, log=print) -> None:
+    """The evaluate stage: the baselines, the FM (before and after its refit, on leave-one-out) and the FM + EASE
+    blend on the test split, written to the run's results.md and results.json."""
+    refitted = final != best
+    results, notes = baselines(seqs, cfg, log)
+    if refitted and seqs.info.split == "loo":  # the model as trained, beside its refit
+        results.append(test_checkpoint(best, spec, cfg, seqs, name=f"{FM_NAME} (before refit)"))
+    results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if refitted else None,
+                                   baselines=results))
+    blend = blend_with_ease(results, final, spec, cfg, seqs, best if refitted else None, log)
+    results += [blend] if blend is not None else []
+    log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
 
 
-def _model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, resumed: bool) -> dict:
-    if resumed and (run_dir / MODEL_FILE).exists():
-        return json.loads((run_dir / MODEL_FILE).read_text())
+def write_model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, log=print) -> dict:
+    """The prepare stage's model files: the tokenizer fitted on training events and the model spec (model.json),
+    item frequencies for logQ, and the item content arrays where the model has content."""
     known = seqs.known_mask("val")  # fit tokenizer buckets and sampling probabilities on training events only
     tokenizer = EventTokenizer.from_data(cfg.model.facets, seqs.n_items, seqs.vocab, seqs.info.has_time,
                                          seqs.events["value"][known], cfg.model.gap_buckets,
@@ -118,7 +76,7 @@ def _model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, resumed: bool)
     counts = np.bincount(seqs.events["item"][known], minlength=seqs.n_items).astype(np.float64)
     np.save(run_dir / ITEM_PROB_FILE, (counts / max(counts.sum(), 1)).astype(np.float32))
     if cfg.model.content:
-        _item_content(cfg, seqs, run_dir, counts)
+        _item_content(cfg, seqs, run_dir, counts, log)
     return spec
 
 
@@ -187,19 +145,19 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     if refit_from is not None:
         if result.checkpoint is None:
             raise RuntimeError("the refit reported no checkpoint")
-        _link(run_dir / FINAL_LINK, Path(result.checkpoint.path))
+        link(run_dir / FINAL_LINK, Path(result.checkpoint.path))
         return Path(result.checkpoint.path)
     best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECTION, -1.0), default=None)
     if best is None:
         raise RuntimeError("training reported no checkpoint")
-    _link(run_dir / BEST_LINK, Path(best[0].path))
+    link(run_dir / BEST_LINK, Path(best[0].path))
     state = read_state(Path(best[0].path))
     log(f"stopped: {_last_stop(run_dir)}; best validation NDCG@10 {state.best_metric:.4f} at epoch "
         f"{state.best_epoch}")
     return Path(best[0].path)
 
 
-def _link(link: Path, target: Path) -> None:
+def link(link: Path, target: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(target)
 
@@ -257,7 +215,7 @@ def cold_targets(seqs: Sequences) -> np.ndarray | None:
     return np.isin(seqs.request_targets(*seqs.eval_requests("test")), cold_items(seqs.directory))
 
 
-def _baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
+def baselines(seqs: Sequences, cfg: RecfmConfig, log) -> tuple[list[ModelResult], list[str]]:
     """The baselines' rows, cached beside the prepared data per evaluation config (they do not change)."""
     e = cfg.eval
     # what the baselines depend on: not the FM's own evaluation settings
