@@ -267,7 +267,6 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     cfg = _config(args)
-    print(to_yaml(cfg), end="")
     evaluate_baselines(cfg, Path(args.data) if args.data else None)
 
 
@@ -282,7 +281,7 @@ def _content_embed(args: argparse.Namespace) -> None:
 
 def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[RecfmConfig, Path | None]:
     """The config of a new job, or with --resume the saved config of the directory it continues (`latest()`
-    for a bare --resume), with any KEY=VALUE overrides; printed either way."""
+    for a bare --resume), with any KEY=VALUE overrides; printed with --print-config."""
     from recfm.run.files import CONFIG_FILE
 
     resume = None
@@ -294,33 +293,38 @@ def _config_or_resumed(args: argparse.Namespace, latest, what: str) -> tuple[Rec
         print(f"resuming {resume}")
     else:
         cfg = _config(args)
-    print(to_yaml(cfg), end="")
+    if getattr(args, "print_config", False):
+        print(to_yaml(cfg), end="")
     return cfg, resume
 
 
 def _train(args: argparse.Namespace) -> None:
-    from recfm.platform.pipeline import run_pipeline
     from recfm.run.run import latest_run
 
     cfg, resume = _config_or_resumed(args, latest_run, "run")
-    if args.print_config:
-        print(to_yaml(cfg), end="")
+    from recfm.platform.pipeline import run_pipeline  # torch and Ray: only once the config is known to be good
+
     run_pipeline(cfg, args.address, resume)
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from recfm.platform.tune import latest_tune_dir, tune
+    def latest():
+        from recfm.platform.tune import latest_tune_dir
 
-    cfg, resume = _config_or_resumed(args, latest_tune_dir, "search")
+        return latest_tune_dir()
+
+    cfg, resume = _config_or_resumed(args, latest, "search")
+    from recfm.platform.tune import tune  # Ray Tune: only once the config is known to be good
+
     tune(cfg, args.address, resume)
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from recfm.platform.pipeline import run_pipeline
-
     cfg = _config(args, base={"stages": list(STAGES)})  # every stage, unless told otherwise
     if args.print_config:
         print(to_yaml(cfg), end="")
+    from recfm.platform.pipeline import run_pipeline  # torch and Ray: only once the config is known to be good
+
     run_pipeline(cfg, args.address)
 
 

@@ -13,15 +13,16 @@ import warnings
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from recfm.data.catalog import Catalog
 from recfm.data.config import DataConfig
-from recfm.data.dataset import Sequences
 from recfm.run.files import BEST_LINK, CONFIG_FILE, FINAL_LINK, MODEL_FILE
+
+if TYPE_CHECKING:  # the data modules (pandas, pyarrow) load when a run's data is first read
+    from recfm.data.catalog import Catalog
+    from recfm.data.dataset import Sequences
 
 RUNS_DIR = Path("runs")
 MODEL_KEY = "model"  # a checkpoint's model weights, beside "optim"
@@ -82,14 +83,20 @@ class Run:
 
     @cached_property
     def sequences(self) -> Sequences:
+        from recfm.data.dataset import Sequences
+
         return Sequences.load(self.prepared)
 
     @cached_property
     def catalog(self) -> Catalog:
+        from recfm.data.catalog import Catalog
+
         return Catalog.load(self.prepared)
 
     @cached_property
     def users(self) -> dict[str, int]:
+        import pyarrow.parquet as pq
+
         ids = pq.read_table(self.prepared / "users.parquet").column("user_id").to_pylist()
         return {str(u): n for n, u in enumerate(ids)}
 
