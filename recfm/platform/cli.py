@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 from recfm.data.errors import DataError
-from recfm.platform.config import STAGES, ConfigError, RecfmConfig, StoreConfig, load_config, to_yaml
+from recfm.platform.config import (
+    STAGES,
+    ConfigError,
+    RecfmConfig,
+    StoreConfig,
+    check_tune_space,
+    load_config,
+    to_yaml,
+)
 
 EXIT_USAGE = 2
 
@@ -314,6 +322,7 @@ def _tune(args: argparse.Namespace) -> None:
         return latest_tune_dir()
 
     cfg, resume = _config_or_resumed(args, latest, "search")
+    check_tune_space(cfg)
     from recfm.platform.tune import tune  # Ray Tune: only once the config is known to be good
 
     tune(cfg, args.address, resume)

@@ -466,6 +466,8 @@ def check_tune_space(config: RecfmConfig) -> None:
     """Every `tune.space` key names an existing setting, and each of its choices (of a range: both ends) gives a
     valid config on its own."""
     t = config.tune
+    if not t.space:
+        raise ConfigError("tune.space is empty: nothing to tune (see configs/tune-beauty.yaml)")
     for key, spec in t.space.items():
         for value in space_values(key, spec):
             try:

@@ -41,7 +41,6 @@ from ray.tune.trainable.function_trainable import FunctionTrainable
 
 from recfm.data.ragged import positions
 from recfm.platform.config import (
-    ConfigError,
     RecfmConfig,
     check_tune_space,
     config_from_dict,
@@ -74,8 +73,6 @@ _COPIED = ("users.parquet", "items.parquet", "vocab.json", "cold_items.npy", "co
 def tune(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
     """Runs the search (or continues the one in `resume`), then tests the best trial; returns the tune directory."""
     check_tune_space(cfg)
-    if not cfg.tune.space:
-        raise ConfigError("tune.space is empty: nothing to tune (see configs/tune-beauty.yaml)")
     from recfm.data.pipeline import ensure_prepared
     from recfm.platform.runtime import configure_process, shutdown_ray_if_started, start_ray
 
