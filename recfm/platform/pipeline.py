@@ -2,7 +2,8 @@
 wrote from the run directory (nothing is handed over in memory), so any stage can run again, or alone, on an
 existing run.
 
-    prepare   import and prepare the data (cached), fit the tokenizer: model.json, item frequencies, item content
+    prepare   import and prepare the data (cached), fit the tokenizer: model.json, item frequencies, item content;
+              the prepared data into the run (data/, hard links), so the run serves without the cache or the source
     fm        train the foundation model on Ray Train: best_checkpoint (best validation NDCG@10), metrics, tb/
     refit     continue it on every event before the test target or cutoff for train.refit_epochs: final_checkpoint
     evaluate  the FM beside MostPop, ItemKNN and EASE (and the FM + EASE blend) on the test split: results.md/json
@@ -29,6 +30,7 @@ from recfm.platform.config import STAGES, RecfmConfig
 from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process, shutdown_ray_if_started
 from recfm.run.files import BEST_LINK, FINAL_LINK, MODEL_FILE
+from recfm.run.run import keep_data
 
 
 def run_pipeline(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
@@ -49,11 +51,12 @@ def run_pipeline(cfg: RecfmConfig, address: str | None = None, resume: Path | No
 def prepare(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:
     from recfm.platform.train.job import write_model_spec
 
-    seqs = Sequences.load(ensure_prepared(cfg.data, log))
+    prepared = ensure_prepared(cfg.data, log)
     if (run_dir / MODEL_FILE).exists():  # a resumed run keeps the tokenizer it was trained with
         log(f"prepare: {run_dir / MODEL_FILE} kept")
-        return
-    write_model_spec(cfg, seqs, run_dir, log)
+    else:
+        write_model_spec(cfg, Sequences.load(prepared), run_dir, log)
+    keep_data(prepared, run_dir)  # with the content vectors the spec step may have encoded
 
 
 def fm(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:

@@ -2,6 +2,7 @@
 
     runs/<name>-<time>/
         config.yaml            the resolved config                 model.json       what rebuilds the FM
+        data/                  the prepared data it was trained on (histories, catalog, ids, content vectors)
         item_prob.npy          item frequencies (logQ)             item_content.npz its content path's arrays
         ray/train/, ray/refit/ Ray Train's runs: checkpoints       best_checkpoint, final_checkpoint  links
         metrics.jsonl, refit_metrics.jsonl, tb/                    the training curves
@@ -11,6 +12,7 @@
 """
 
 CONFIG_FILE = "config.yaml"
+DATA_DIR = "data"  # the prepared data the run was trained on (hard links where it can): a run serves without .cache/
 MODEL_FILE = "model.json"
 ITEM_PROB_FILE = "item_prob.npy"
 ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs

@@ -8,6 +8,8 @@ area builds its own objects from them (the FM in `recfm.fm.load`, the student in
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, fields
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from omegaconf import OmegaConf
 
 from recfm.data.config import DataConfig
-from recfm.run.files import BEST_LINK, CONFIG_FILE, FINAL_LINK, MODEL_FILE
+from recfm.run.files import BEST_LINK, CONFIG_FILE, DATA_DIR, FINAL_LINK, MODEL_FILE
 
 if TYPE_CHECKING:  # the data modules (pandas, pyarrow) load when a run's data is first read
     from recfm.data.catalog import Catalog
@@ -77,6 +79,9 @@ class Run:
 
     @cached_property
     def prepared(self) -> Path:
+        """The run's own copy of its prepared data (runs from before there was one: the data cache's)."""
+        if (self.directory / DATA_DIR).is_dir():
+            return self.directory / DATA_DIR
         from recfm.data.pipeline import ensure_prepared
 
         return ensure_prepared(self.section("data", DataConfig), log=lambda _: None)
@@ -111,6 +116,28 @@ class Run:
         plain unsharded copy of what was trained, in this one process."""
         load_weights(self.checkpoint(name), module)
 
+
+
+def keep_data(prepared: Path, run_dir: Path) -> Path:
+    """Puts the prepared data a run trains on into the run (`data/`), file by file as hard links where the file
+    system allows (the cache and the runs usually share one), copies elsewhere; cached baseline results stay
+    behind. Returns the run's copy; an existing one is kept."""
+    out = Path(run_dir) / DATA_DIR
+    if out.is_dir():
+        return out
+    partial = out.with_name(DATA_DIR + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for source in sorted(Path(prepared).rglob("*")):
+        if source.is_dir() or source.name.startswith("baselines-"):
+            continue
+        target = partial / source.relative_to(prepared)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or no hard links there
+            shutil.copy2(source, target)
+    partial.rename(out)  # complete or absent, never half there
+    return out
 
 
 def load_weights(directory: Path, module) -> None:

@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from paths import DOCS
+from paths import DOCS, ROOT
 
+from recfm.data.config import DEMO_DATA
 from recfm.heads.context import Request
 from recfm.heads.examples import TASKS
 from recfm.platform.config import load_config
@@ -34,9 +35,17 @@ TINY = ["stages=[prepare,fm,refit,evaluate,heads,distill,export,push]",  # the d
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, local_ray):
-    run_dir = tmp_path_factory.mktemp("heads") / "run"
-    run_pipeline(load_config(None, [*TINY, f"run_dir={run_dir}", f"store.uri={run_dir.parent / 'store'}"]),
-          log=lambda _: None)
+    """The demo run, with its source data, data cache and text-vector cache of its own (the last one test moves
+    and deletes them: the run must serve from its directory alone)."""
+    root = tmp_path_factory.mktemp("heads")
+    source = shutil.copytree(DEMO_DATA, root / "ml")
+    content = root / "content"
+    if (ROOT / ".cache" / "content").is_dir():  # encoded titles already: reuse them
+        shutil.copytree(ROOT / ".cache" / "content", content)
+    run_dir = root / "run"
+    run_pipeline(load_config(None, [*TINY, f"run_dir={run_dir}", f"store.uri={root / 'store'}",
+                                    f"data.source={source}", f"data.cache_dir={root / 'cache'}",
+                                    f"content.cache_dir={content}"]), log=lambda _: None)
     return run_dir
 
 
@@ -295,3 +304,25 @@ def test_titles_added_after_training_are_pushed_through_the_content_path(run, tm
     assert code == 2 and "bad.csv" in err and "movieId" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = _cli(capsys, "push-embeddings", str(run), "--model", "student", "--new-items", str(new), *store)
     assert code == 2 and "content path" in err, err
+
+
+def test_the_run_serves_without_its_data_cache_or_its_source(run, tmp_path, capsys):
+    """A run is self-contained: with the data cache and the text-vector cache deleted and the source data moved
+    away, it still recommends, exports and pushes, from its own directory (data/, the checkpoints, the heads)."""
+    assert (run / "data" / "sequences").is_dir() and (run / "data" / "items.parquet").exists()
+    root = run.parent
+    shutil.rmtree(root / "cache")
+    shutil.rmtree(root / "content", ignore_errors=True)
+    (root / "ml").rename(tmp_path / "moved")
+    code, out, err = _cli(capsys, "recommend", "homepage", "--user", "1", "--run", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["rows"]
+    code, _, err = _cli(capsys, "export", str(run), "--out", str(tmp_path / "export"))
+    assert code == 0 and (tmp_path / "export" / "manifest.json").exists(), err
+    code, out, err = _cli(capsys, "push-embeddings", str(run), "--store", str(tmp_path / "store"), "--no-progress")
+    assert code == 0, err
+    from recfm.serving_exports.backends import open_store
+
+    with open_store(str(tmp_path / "store")) as store:
+        assert store.snapshot().count("user") == TrainedRun.open(run).sequences.n_users
+    assert not (root / "cache").exists() and not (root / "ml").exists()  # nothing was rebuilt behind its back
