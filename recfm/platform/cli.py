@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "beside the baselines")
     _config_args(tr)
     tr.add_argument("--print-config", action="store_true", help="print the resolved config first")
+    tr.add_argument("--quiet", action="store_true",
+                    help="one line per stage and a summary (every line still goes to the run's log.txt)")
     tr.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     tr.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                     help="continue a run from its latest checkpoint (default: the newest run under runs/)")
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "heads, distil a student, export it and push embeddings to the store")
     _config_args(demo)
     demo.add_argument("--print-config", action="store_true", help="print the resolved config first")
+    demo.add_argument("--verbose", action="store_true",
+                      help="print every stage's lines, not only one per stage and the summary (all are in log.txt)")
     demo.add_argument("--address", help="Ray cluster address (default: a local Ray started for this run)")
     demo.set_defaults(run=_demo)
     return parser
@@ -312,7 +316,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg, resume = _config_or_resumed(args, latest_run, "run")
     from recfm.platform.pipeline import run_pipeline  # torch and Ray: only once the config is known to be good
 
-    run_pipeline(cfg, args.address, resume)
+    run_pipeline(cfg, args.address, resume, verbose=not args.quiet)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -334,7 +338,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(to_yaml(cfg), end="")
     from recfm.platform.pipeline import run_pipeline  # torch and Ray: only once the config is known to be good
 
-    run_pipeline(cfg, args.address)
+    run_pipeline(cfg, args.address, verbose=args.verbose)
 
 
 def _heads_train(args: argparse.Namespace) -> None:

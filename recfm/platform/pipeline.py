@@ -29,23 +29,72 @@ from recfm.data.pipeline import ensure_prepared
 from recfm.platform.config import STAGES, RecfmConfig
 from recfm.platform.rundir import create_run_dir
 from recfm.platform.runtime import configure_process, shutdown_ray_if_started
-from recfm.run.files import BEST_LINK, FINAL_LINK, MODEL_FILE
+from recfm.run.files import (
+    BEST_LINK,
+    DISTILL_DIR,
+    EXPORT_DIR,
+    FINAL_LINK,
+    HEADS_DIR,
+    LOG_FILE,
+    MODEL_FILE,
+    RESULTS_JSON,
+    RESULTS_MD,
+)
 from recfm.run.run import keep_data
 
 
-def run_pipeline(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print) -> Path:
-    """Runs `cfg.stages` in pipeline order in a new run directory (or continues the one at `resume`); returns it."""
+def run_pipeline(cfg: RecfmConfig, address: str | None = None, resume: Path | None = None, log=print,
+                 verbose: bool = True) -> Path:
+    """Runs `cfg.stages` in pipeline order in a new run directory (or continues the one at `resume`); returns it.
+
+    Every stage's lines go to the run's `log.txt`; `log` gets them all when `verbose`, else one line per stage
+    and, at the end, a summary (the test table, where everything is, what to try next)."""
     configure_process(cfg.threads)
     run_dir = (Path(resume) if resume else create_run_dir(cfg)).resolve()
-    log(f"run {run_dir}: {', '.join(s for s in STAGES if s in cfg.stages)}")
-    with shutdown_ray_if_started():
-        for name in STAGES:
-            if name in cfg.stages:
+    stages = [s for s in STAGES if s in cfg.stages]
+    with open(run_dir / LOG_FILE, "a") as log_file:
+
+        def stage_log(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            if verbose:
+                log(line)
+
+        log(f"run {run_dir}: {', '.join(stages)} (every line in {run_dir / LOG_FILE})")
+        with shutdown_ray_if_started():
+            for number, name in enumerate(stages, 1):
                 started = time.perf_counter()
-                log(f"[{name}]")
-                _STAGE[name](run_dir, cfg, address, log)
-                log(f"[{name}] done in {(time.perf_counter() - started) / 60:.1f} min")
+                stage_log(f"[{name}]")
+                _STAGE[name](run_dir, cfg, address, stage_log)
+                done = f"[{number}/{len(stages)}] {name} done in {(time.perf_counter() - started) / 60:.1f} min"
+                stage_log(done)
+                if not verbose:
+                    log(done)
+    if not verbose:
+        log(summary(run_dir, cfg))
     return run_dir
+
+
+def summary(run_dir: Path, cfg: RecfmConfig) -> str:
+    """What a finished pipeline left, for the person who started it: NDCG@10 and HR@10 of every model, where the
+    run, its export and its store version are, and the commands to try next."""
+    lines = ["", f"run: {run_dir}"]
+    if (run_dir / RESULTS_JSON).exists():
+        models = json.loads((run_dir / RESULTS_JSON).read_text())["models"]
+        lines += ["test (full ranking):"] + [f"  {m['name']:<28} NDCG@10 {m['metrics']['NDCG@10']:.4f}  "
+                                             f"HR@10 {m['metrics']['HR@10']:.4f}" for m in models]
+    for name, path in (("heads", run_dir / HEADS_DIR / RESULTS_MD), ("student", run_dir / DISTILL_DIR / RESULTS_MD),
+                       ("export", run_dir / EXPORT_DIR / "student")):
+        if path.exists():
+            lines.append(f"{name}: {path}")
+    if "push" in cfg.stages:
+        lines.append(f"embedding store: {cfg.store.uri} (collection {cfg.store.collection})")
+    nexts = [f"recfm recommend homepage --user 1 --run {run_dir}"] if (run_dir / HEADS_DIR).exists() else []
+    if "push" in cfg.stages:
+        nexts.append(f"recfm embeddings similar --item 1 --store {cfg.store.uri}")
+    if "evaluate" in cfg.stages and "distill" not in cfg.stages:
+        nexts.append(f"recfm distill {run_dir}")
+    return "\n".join(lines + ["next:"] + [f"  {n}" for n in nexts] if nexts else lines)
 
 
 def prepare(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:

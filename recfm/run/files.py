@@ -12,6 +12,7 @@
 """
 
 CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.txt"  # every line the pipeline's stages wrote
 DATA_DIR = "data"  # the prepared data the run was trained on (hard links where it can): a run serves without .cache/
 MODEL_FILE = "model.json"
 ITEM_PROB_FILE = "item_prob.npy"
