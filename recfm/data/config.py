@@ -47,7 +47,8 @@ class DataConfig:
     cache_dir: str = ".cache/data"
     """imported and prepared data, reused while source and settings match"""
 
-    def validate(self) -> None:
+    def validate(self, source_needed: bool = True) -> None:
+        """`source_needed`: False for a finished run's config (the run has its own copy of the data, data/)."""
         for key, value, allowed in (("data.format", self.format, FORMATS), ("data.mode", self.mode, MODES),
                                     ("data.split", self.split, ("loo", "time")), ("data.id_type", self.id_type,
                                                                                 ("int", "str")),
@@ -56,7 +57,7 @@ class DataConfig:
                 raise DataConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
         if not 0 <= self.cold_items < 1:
             raise DataConfigError("data.cold_items must be in [0, 1)")
-        if not Path(self.source).exists():
+        if source_needed and not Path(self.source).exists():
             raise DataConfigError(f"data.source: {self.source} does not exist")
         # absolute, so that processes started elsewhere (Ray workers) read the same files
         self.source = str(Path(self.source).resolve())

@@ -359,7 +359,7 @@ def _run_and_config(args: argparse.Namespace) -> tuple[Path, RecfmConfig]:
     overrides = [o for o in [args.run_dir, *getattr(args, "overrides", [])] if o and "=" in o]
     if run is None or not (run / CONFIG_FILE).exists():
         raise FileNotFoundError(f"no training run at {run or 'runs/'}")
-    return run, load_config(run / CONFIG_FILE, overrides)
+    return run, load_config(run / CONFIG_FILE, overrides, source_needed=False)  # the run has its data
 
 
 def _distill(args: argparse.Namespace) -> None:

@@ -389,10 +389,12 @@ class RecfmConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     """`recfm tune`'s search"""
 
-    def validate(self) -> None:
+    def validate(self, source_needed: bool = True) -> None:
         for f in fields(self):
             section = getattr(self, f.name)
-            if is_dataclass(section):
+            if isinstance(section, DataConfig):
+                section.validate(source_needed)
+            elif is_dataclass(section):
                 section.validate()
         if self.threads < 0:
             raise ConfigError("threads must be 0 (all cores) or more")
@@ -403,8 +405,9 @@ class RecfmConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None) -> RecfmConfig:
-    """Defaults (or `base`), then the YAML file at `path`, then `key=value` overrides; resolved, validated."""
+                base: dict | None = None, source_needed: bool = True) -> RecfmConfig:
+    """Defaults (or `base`), then the YAML file at `path`, then `key=value` overrides; resolved, validated.
+    `source_needed=False` reads a finished run's config, which serves from its own copy of the data."""
     try:
         merged = OmegaConf.structured(RecfmConfig)
         if base is not None:
@@ -420,7 +423,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
     try:
-        config.validate()
+        config.validate(source_needed)
     except (ModelConfigError, DataConfigError) as err:
         raise ConfigError(str(err)) from None
     return config

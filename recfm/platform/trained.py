@@ -20,7 +20,7 @@ class TrainedRun(Run):
     def open(cls, directory: Path | None = None) -> TrainedRun:
         """A run directory written by `recfm train` (default: the newest under runs/)."""
         run = Run.open(directory)
-        return cls(run.directory, run.config, run.spec, load_config(run.directory / CONFIG_FILE))
+        return cls(run.directory, run.config, run.spec, load_config(run.directory / CONFIG_FILE, source_needed=False))
 
     def foundation_model(self, checkpoint: str = FINAL_LINK) -> UserFoundationModel:
         return foundation_model(self, checkpoint)

@@ -110,3 +110,13 @@ def test_argument_and_config_errors_answer_before_torch_or_ray_load(args, messag
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "heavy: []" in done.stdout
+
+
+def test_a_finished_runs_config_loads_after_its_source_moved(tmp_path):
+    """A run serves from its own copy of the data: reading its config must not need the source any more."""
+    saved = tmp_path / "config.yaml"
+    text = to_yaml(load_config(None, [f"data.source={CONFIGS}"]))
+    saved.write_text(text.replace(str(CONFIGS), str(tmp_path / "gone")))
+    with pytest.raises(ConfigError, match="data.source: .*gone does not exist"):
+        load_config(saved)
+    assert load_config(saved, source_needed=False).data.source == str(tmp_path / "gone")
