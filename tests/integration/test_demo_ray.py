@@ -323,6 +323,7 @@ def test_the_run_serves_without_its_data_cache_or_its_source(run, tmp_path, caps
     assert code == 0, err
     from recfm.serving_exports.backends import open_store
 
-    with open_store(str(tmp_path / "store")) as store:
-        assert store.snapshot().count("user") == TrainedRun.open(run).sequences.n_users
+    with open_store(str(tmp_path / "store")) as store, open_store(str(root / "store")) as pushed_by_the_demo:
+        for kind in ("user", "item"):  # the same vectors as the demo's own push stage, with its caches in place
+            assert store.snapshot().count(kind) == pushed_by_the_demo.snapshot().count(kind) > 0
     assert not (root / "cache").exists() and not (root / "ml").exists()  # nothing was rebuilt behind its back
