@@ -426,7 +426,7 @@ def _records(trials: list, tune_dir: Path) -> list[dict]:
 def _best_checkpoint(run_dir: Path):
     """The trial's checkpoint with the best validation NDCG@10 (of those saved at a best-so-far epoch), and its
     training state; (None, None) when it has none."""
-    from recfm.platform.train.checkpoint import read_state
+    from recfm.platform.train.state import read_state
     from recfm.run.files import RAY_DIR, RAY_RUN_NAME, STATE_FILE
 
     best, best_state = None, None

@@ -7,8 +7,9 @@
         ray/train/, ray/refit/ Ray Train's runs: checkpoints       best_checkpoint, final_checkpoint  links
         metrics.jsonl, refit_metrics.jsonl, tb/                    the training curves
         results.md, results.json                                   the test table
-        heads/   heads.pt, heads.json, signals.npz, test_ranks.npz, results.*
-        distill/ student.pt, student.json, results.*               export/<kind>/  manifest.json and the files
+        heads/   heads.pt, heads.json, signals.npz, test_ranks.npz, results.*, metrics.jsonl, tb/
+        distill/ student.pt, student.json, results.*, metrics.jsonl, tb/
+        export/<kind>/  manifest.json and the files
 """
 
 CONFIG_FILE = "config.yaml"
@@ -17,7 +18,7 @@ DATA_DIR = "data"  # the prepared data the run was trained on (hard links where 
 MODEL_FILE = "model.json"
 ITEM_PROB_FILE = "item_prob.npy"
 ITEM_CONTENT_FILE = "item_content.npz"  # model.content: text vectors, semantic-ID centroids, which items have IDs
-RAY_DIR = "ray"
+RAY_DIR = "ray"  # Ray Train's runs: ray/train, ray/refit, ray/heads, ray/distill
 RAY_RUN_NAME = "train"
 REFIT_RUN_NAME = "refit"
 BEST_LINK = "best_checkpoint"  # best on validation (trained on events before the validation cutoff)

@@ -1,4 +1,5 @@
-"""The results table: every model beside the baselines, as markdown and JSON."""
+"""Results tables: every model beside the baselines, as markdown and JSON. `write_table` writes every table recfm
+keeps (the FM's, the heads', the student's), `markdown` lays each out."""
 
 from __future__ import annotations
 
@@ -15,28 +16,40 @@ from recfm.ranking.metrics import rank_metrics
 from recfm.run.files import RESULTS_JSON, RESULTS_MD
 
 
+def markdown(head: list[str], rows: list[list[str]], align: str) -> str:
+    """A markdown table; `align` has one letter per column, l or r."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return "\n".join(["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def write_table(out: Path, text: str, payload: dict) -> str:
+    """Writes a table's results.md (`text`) and results.json (`payload`, stamped with the time) into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_MD).write_text(text)
+    (out / RESULTS_JSON).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")} | payload,
+                                               indent=2) + "\n")
+    return text
+
+
 def markdown_table(results: list[ModelResult], ks: list[int]) -> str:
     columns = [f"{m}@{k}" for k in sorted(ks) for m in ("HR", "NDCG")] + ["MRR", "coverage@10", "pop_pct@10"]
-    head = "| model | " + " | ".join(columns) + " | chosen on validation |"
-    rule = "|---|" + "---:|" * len(columns) + "---|"
-    rows = [head, rule]
+    rows = []
     for r in results:
-        values = " | ".join(_fmt(c, r.metrics[c]) for c in columns)
         params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
-        rows.append(f"| {r.name} | {values} | {params or '-'} |")
-    return "\n".join(rows)
+        rows.append([r.name] + [_fmt(c, r.metrics[c]) for c in columns] + [params or "-"])
+    return markdown(["model", *columns, "chosen on validation"], rows, "l" + "r" * len(columns) + "l")
 
 
 def cold_start_table(subsets: dict[str, dict[str, dict[str, float]]], warm: int, cold: int, items: int) -> str:
     """Each model on test targets that are warm items and on those that are held-out cold items."""
-    rows = ["| model | warm HR@10 | warm NDCG@10 | cold HR@50 | cold NDCG@50 |", "|---|---:|---:|---:|---:|"]
-    for name, s in subsets.items():
-        w, c = s["warm"], s["cold"]
-        rows.append(f"| {name} | {w['HR@10']:.4f} | {w['NDCG@10']:.4f} | {c.get('HR@50', float('nan')):.4f} | "
-                    f"{c.get('NDCG@50', float('nan')):.4f} |")
-    return ("\n".join(rows) + f"\n\nCold start: {items:,} items held out of training (every event on them before "
-            f"the test cutoff removed); {warm:,} test targets on warm items, {cold:,} on cold ones, each ranked "
-            f"over the full catalog.")
+    rows = [[name, f"{s['warm']['HR@10']:.4f}", f"{s['warm']['NDCG@10']:.4f}",
+             f"{s['cold'].get('HR@50', float('nan')):.4f}", f"{s['cold'].get('NDCG@50', float('nan')):.4f}"]
+            for name, s in subsets.items()]
+    head = ["model", "warm HR@10", "warm NDCG@10", "cold HR@50", "cold NDCG@50"]
+    return (markdown(head, rows, "lrrrr") + f"\n\nCold start: {items:,} items held out of training (every event on "
+            f"them before the test cutoff removed); {warm:,} test targets on warm items, {cold:,} on cold ones, each "
+            f"ranked over the full catalog.")
 
 
 def _fmt(column: str, value: float) -> str:
@@ -55,8 +68,6 @@ def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks:
                   notes: list[str] | None = None, cold: np.ndarray | None = None) -> str:
     """Writes results.json and results.md into `out`; returns the markdown. `cold` marks the test requests whose
     target is a held-out cold item: then a second table splits every model's figures into warm and cold."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     users = int(results[0].metrics["users"]) if results else 0
     text = markdown_table(results, ks) + "\n\n" + protocol_line(info, users) + "\n"
     subsets = {}
@@ -65,13 +76,9 @@ def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks:
                    for r in results}
         text += "\n" + cold_start_table(subsets, int((~cold).sum()), int(cold.sum()), info.cold_items) + "\n"
     text += "".join(f"\nNote: {n}\n" for n in notes or [])
-    (out / RESULTS_MD).write_text(text)
-    payload = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return write_table(out, text, {
         "data": asdict(info) | {"params": None},
         "models": [{k: v for k, v in asdict(r).items() if k not in ("ranks", "val_ranks")} for r in results],
         "notes": notes or [],
         "warm_cold": subsets,
-    }
-    (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2) + "\n")
-    return text
+    })

@@ -26,11 +26,23 @@ from recfm.data.prepare import SEQUENCES_DIR
 from recfm.platform.config import RecfmConfig
 from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import evaluate
+from recfm.platform.evaluation.report import markdown, write_table
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.data import TrainingCollate, training_windows
-from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
+from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.loop import Job, LoopSettings
+from recfm.platform.train.metrics import last_stop
+from recfm.platform.train.state import read_state
 from recfm.platform.trained import TrainedRun
-from recfm.run.files import BEST_LINK, DISTILL_DIR, FINAL_LINK, RESULTS_JSON, STUDENT_FILE, STUDENT_SPEC
+from recfm.run.files import (
+    BEST_LINK,
+    DISTILL_DIR,
+    FINAL_LINK,
+    METRICS_FILE,
+    RESULTS_JSON,
+    STUDENT_FILE,
+    STUDENT_SPEC,
+)
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.distill import DistillationObjective
 from recfm.serving_exports.student import load_student
@@ -52,21 +64,23 @@ def distill(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None =
     log(f"distill: teacher {_params(teacher):,} parameters (dim {teacher.cfg.dim}, {teacher.cfg.layers} layers), "
         f"student {_params(DenseSequenceModel.from_spec(student_spec)):,} (dim {d.dim}, {d.layers} layers); "
         f"{windows.num_rows:,} training windows")
-    state, best = fit_on_ray(cfg, run.directory, "distill", distill_worker,
-                             {"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
-                              "student_spec": student_spec, "windows": windows, "prepared": str(run.prepared)},
-                             address)
-    log(f"distill: best validation NDCG@10 {best['value']:.4f} at epoch {best['epoch']} ({best['stopped']})")
+    result = launch(cfg, run.directory, DISTILL_DIR, make_distill_job,
+                    {"run_dir": str(run.directory), "prepared": str(run.prepared)},
+                    shared={"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
+                            "student_spec": student_spec, "windows": windows}, address=address)
+    checkpoint = best_checkpoint(result)
+    state = read_state(checkpoint)
+    log(f"distill: best validation NDCG@10 {state.best_metric:.4f} at epoch {state.best_epoch} "
+        f"({last_stop(run.directory / DISTILL_DIR / METRICS_FILE)})")
     out = run.directory / DISTILL_DIR
     out.mkdir(exist_ok=True)
-    torch.save(state, out / STUDENT_FILE)
+    torch.save(torch.load(checkpoint / STUDENT_FILE, weights_only=True)["model"], out / STUDENT_FILE)
     (out / STUDENT_SPEC).write_text(json.dumps(student_spec, indent=1) + "\n")
     student = load_student(run.directory)
     log(f"distill: trained in {(time.perf_counter() - started) / 60:.1f} min; testing")
     rows = test_student(run, student, teacher)
     table = distill_table(rows)
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"distill": asdict(d), "rows": rows}, indent=1) + "\n")
+    write_table(out, table, {"distill": asdict(d), "rows": rows})
     log(table)
     return out
 
@@ -90,64 +104,82 @@ def test_student(run: TrainedRun, student: DenseSequenceModel, teacher: DenseSeq
 
 
 def distill_table(rows: list[dict]) -> str:
-    lines = ["| model | parameters | HR@10 | NDCG@10 | MRR |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {format(r['parameters'], ',') if r['parameters'] else '-'} | {r['HR@10']:.4f} | "
-              f"{r['NDCG@10']:.4f} | {r['MRR']:.4f} |" for r in rows]
+    cells = [[r["model"], format(r["parameters"], ",") if r["parameters"] else "-",
+              *(f"{r[m]:.4f}" for m in ("HR@10", "NDCG@10", "MRR"))] for r in rows]
     student = next(r for r in rows if r["model"] == "student")
     teacher = next(r for r in rows if r["model"].startswith("teacher (best"))
     share = student["NDCG@10"] / max(teacher["NDCG@10"], 1e-12)
-    return "\n".join(lines) + f"\n\nThe student keeps {share:.1%} of the teacher's test NDCG@10.\n"
+    text = markdown(["model", "parameters", "HR@10", "NDCG@10", "MRR"], cells, "lrrrr")
+    return text + f"\n\nThe student keeps {share:.1%} of the teacher's test NDCG@10.\n"
 
 
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def distill_worker(config: dict) -> None:
-    """Ray Train's `train_loop_per_worker`: this rank's share of the windows each epoch; rank 0 validates and
-    every rank takes its stopping decision; rank 0 reports the student whenever validation improves."""
-    cfg, payload, rank, world = unpack(config)
-    d = cfg.distill
-    torch.manual_seed(cfg.train.seed)
-    teacher = DenseSequenceModel.from_spec(payload["teacher_spec"])
-    teacher.load_state_dict(payload["teacher_state"])
-    student = DenseSequenceModel.from_spec(payload["student_spec"])
-    objective = DistillationObjective(student, teacher, d.temperature, d.hard_weight, d.repr_weight, d.candidates)
-    trained = objective
-    if world > 1 and dist.is_initialized():
-        trained = torch.nn.parallel.DistributedDataParallel(objective)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=d.lr,
-                                  weight_decay=d.weight_decay)
-    windows = payload["windows"]
-    collate = TrainingCollate(student.tokenizer, student.cfg.max_len, 1)
-    seqs = Sequences.load(Path(payload["prepared"])) if rank == 0 else None
-    size = min(d.batch_size, windows.num_rows // world)
-    steps = windows.num_rows // (world * size)  # equal on every rank: DDP's collectives must pair up
-    stopping, best_state = EarlyStopping(d.patience, d.epochs, "validation NDCG@10"), None
-    for epoch in range(1, d.epochs + 1):
-        objective.train()
-        teacher.eval()
-        order = np.random.default_rng(cfg.train.seed + epoch).permutation(windows.num_rows)[rank::world]
-        losses = []
-        for step in range(steps):
-            rows = windows.take(order[step * size:(step + 1) * size])
-            batch = collate({name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names})
-            loss, _ = trained(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss))
-        value = torch.tensor([_validate(student, seqs, cfg) if rank == 0 else 0.0, float(np.mean(losses))],
+class DistillJob(Job):
+    """The student's job for the training loop: the distillation objective (DDP across workers) on this worker's
+    share of the training windows each epoch; rank 0 validates and every worker gets its figure."""
+
+    unit = "windows"
+
+    def __init__(self, cfg: RecfmConfig, config: dict, rank: int, world: int):
+        d = cfg.distill
+        self.cfg, self.rank, self.world = cfg, rank, world
+        torch.manual_seed(cfg.train.seed)
+        self.teacher = DenseSequenceModel.from_spec(config["teacher_spec"])
+        self.teacher.load_state_dict(config["teacher_state"])
+        self.student = DenseSequenceModel.from_spec(config["student_spec"])
+        self.objective = DistillationObjective(self.student, self.teacher, d.temperature, d.hard_weight,
+                                               d.repr_weight, d.candidates)
+        self.model = self.objective
+        if world > 1 and dist.is_initialized():
+            self.model = torch.nn.parallel.DistributedDataParallel(self.objective)
+        self.optimizer = torch.optim.AdamW([p for p in self.objective.parameters() if p.requires_grad], lr=d.lr,
+                                           weight_decay=d.weight_decay)
+        self.windows = config["windows"]
+        self.collate = TrainingCollate(self.student.tokenizer, self.student.cfg.max_len, 1)
+        self.seqs = Sequences.load(Path(config["prepared"])) if rank == 0 else None
+        self.size = min(d.batch_size, self.windows.num_rows // world)
+        self.steps = self.windows.num_rows // (world * self.size)  # equal on every rank: DDP's collectives pair up
+        self.metrics_dir, self.metrics_file = Path(config["run_dir"]) / DISTILL_DIR, METRICS_FILE
+        self.settings = LoopSettings(d.epochs, d.patience)
+
+    def batches(self, epoch: int):
+        self.objective.train()
+        self.teacher.eval()
+        order = np.random.default_rng(self.cfg.train.seed + epoch).permutation(self.windows.num_rows)
+        order = order[self.rank::self.world]
+        for step in range(self.steps):
+            rows = self.windows.take(order[step * self.size:(step + 1) * self.size])
+            yield self.collate({name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names})
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model(batch)
+
+    def count(self, batch) -> float:
+        return float(len(batch.lengths))
+
+    def validate(self) -> dict[str, float]:
+        value = torch.tensor([_validate(self.student, self.seqs, self.cfg) if self.rank == 0 else 0.0],
                              dtype=torch.float64)
         if dist.is_initialized():
-            dist.broadcast(value[:1], src=0)
-        improved = stopping.update(float(value[0]), epoch)
-        if improved:
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        metrics = {"val_ndcg10": float(value[0]), "epoch": epoch, "loss": float(value[1])}
-        report(metrics, best_state if rank == 0 and (improved or stopping.stopped) else None, stopping.best())
-        if stopping.stopped:
-            break
+            dist.broadcast(value, src=0)
+        return {"val_ndcg10": float(value[0])}
+
+    def save(self, directory: Path, rank: int) -> None:
+        if rank == 0:
+            torch.save({"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict()},
+                       directory / STUDENT_FILE)
+
+    def load(self, directory: Path) -> None:
+        saved = torch.load(directory / STUDENT_FILE, weights_only=True)
+        self.student.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+
+
+def make_distill_job(cfg: RecfmConfig, config: dict, rank: int, world: int) -> DistillJob:
+    return DistillJob(cfg, config, rank, world)
 
 
 def _validate(student: DenseSequenceModel, seqs: Sequences, cfg: RecfmConfig) -> float:

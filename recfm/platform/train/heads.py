@@ -23,10 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
-from recfm.fm.model import build_model
 from recfm.heads.batch import EXCLUDE_SEEN, EventLog, heads_batch
 from recfm.heads.context import impute
 from recfm.heads.evaluate import evaluate_scorer, task_baselines
@@ -36,9 +33,13 @@ from recfm.heads.signals import SIGNALS, CatalogSignals, SignalTimeline
 from recfm.heads.text import text_features
 from recfm.platform.config import HeadsConfig, RecfmConfig
 from recfm.platform.evaluation.baselines import EASE
+from recfm.platform.evaluation.report import markdown, write_table
 from recfm.platform.evaluation.significance import paired_difference
 from recfm.platform.runtime import configure_process
-from recfm.platform.train.small_jobs import EarlyStopping, fit_on_ray, report, unpack
+from recfm.platform.train.heads_job import SELECTION, make_heads_job
+from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.metrics import last_stop
+from recfm.platform.train.state import read_state
 from recfm.platform.trained import TrainedRun
 from recfm.run.files import (
     BEST_LINK,
@@ -47,9 +48,8 @@ from recfm.run.files import (
     HEADS_SIGNALS_FILE,
     HEADS_SPEC_FILE,
     HEADS_WEIGHTS_FILE,
+    METRICS_FILE,
 )
-
-SELECTION = "holdout_gain"  # mean over tasks of the best holdout NDCG@10 so far / the untrained blend's
 
 
 def build_examples(run: TrainedRun, start: float, end: float, hc: HeadsConfig) -> HeadExamples:
@@ -137,8 +137,7 @@ def train_heads(run_dir: Path, cfg: RecfmConfig | None = None, address: str | No
     np.savez_compressed(out / HEADS_RANKS_FILE, **ranks)
     fit_signals(run, np.inf, hc).save(out / HEADS_SIGNALS_FILE)  # what serving reads: every event and tag
     table = heads_table(rows, note)
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"heads": asdict(hc), "rows": rows, "note": note}, indent=1) + "\n")
+    write_table(out, table, {"heads": asdict(hc), "rows": rows, "note": note})
     log(table)
     return out
 
@@ -178,137 +177,18 @@ def _chosen_ease_lambda(run: TrainedRun) -> float | None:
 def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSpec, log_events: EventLog,
                 signals: SignalTimeline, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
                 log) -> dict:
-    state, best = fit_on_ray(cfg, run.directory, "heads", heads_worker,
-                             {"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
-                              "signals": signals, "train": train_part, "holdout": holdout}, address)
-    epochs = ", ".join(f"{t} {e}" for t, e in best["task_epochs"].items())
+    """The heads through the training loop on Ray Train; returns every task's best weights."""
+    result = launch(cfg, run.directory, HEADS_DIR, make_heads_job, {"run_dir": str(run.directory)},
+                    shared={"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
+                            "signals": signals, "train": train_part, "holdout": holdout},
+                    selection=SELECTION, address=address)
+    checkpoint = best_checkpoint(result, SELECTION)
+    saved = torch.load(checkpoint / HEADS_WEIGHTS_FILE, weights_only=True)
+    epochs = ", ".join(f"{t} {e}" for t, e in saved["task_epochs"].items())
     log(f"heads: each task's weights from its best holdout epoch ({epochs}; 0 = the untrained blend); holdout "
-        f"NDCG@10 relative to the untrained blend's, averaged over tasks, {best['value']:.3f} ({best['stopped']})")
-    return state
-
-
-def heads_worker(config: dict) -> None:
-    """Ray Train's `train_loop_per_worker` for the heads (DDP over the workers)."""
-    cfg, payload, rank, world = unpack(config)
-    fit_heads(cfg, payload, rank, world, report)
-
-
-def fit_heads(cfg: RecfmConfig, payload: dict, rank: int, world: int, report) -> None:
-    """The training loop on one worker: this rank's share of every epoch, holdout NDCG@10 all-reduced, early
-    stopping; rank 0 reports the weights whenever the holdout figure improves, and once more at the end."""
-    hc = cfg.heads
-    torch.manual_seed(cfg.train.seed)
-    fm = build_model(payload["fm_spec"])
-    fm.load_state_dict(payload["fm_state"])
-    spec, log_events, signals = payload["spec"], payload["log"], payload["signals"]
-    model = HeadsModel(fm, spec)
-    trained = model
-    if world > 1 and dist.is_initialized():
-        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    head_params = [p for n, p in model.named_parameters()
-                   if not n.startswith(("fm.", "text.")) and p.requires_grad]
-    # the text encoder learns slower: at the heads' rate it memorised the few training queries within an epoch
-    groups = [{"params": head_params, "lr": hc.lr}, {"params": list(model.text.parameters()), "lr": 0.1 * hc.lr}]
-    if spec.fm == "finetune":
-        groups.append({"params": [p for p in model.fm.parameters() if p.requires_grad], "lr": hc.fm_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=hc.weight_decay)
-    item_text = text_features(signals.documents, spec.word_buckets, spec.trigram_buckets)
-    examples, holdout = payload["train"], payload["holdout"]
-
-    def batch_of(ex: HeadExamples):
-        return heads_batch(ex, log_events, signals, fm.tokenizer, fm.cfg.max_len, spec.word_buckets,
-                           spec.trigram_buckets)
-
-    counts = np.bincount(examples.task, minlength=len(TASKS)).astype(np.float64)
-    # rarer tasks weigh more, by the square root of their rarity (full inverse frequency overfits the rarest)
-    task_weight = np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)
-    weight = torch.from_numpy(task_weight[examples.task] * user_weights(examples, hc.user_weighting)).float()
-    mine = holdout.take(np.arange(rank, len(holdout), world))
-    holdout_batches = [batch_of(mine.take(np.arange(s, min(s + 256, len(mine))))) for s in range(0, len(mine), 256)]
-
-    def holdout_ndcg(losses: list[float]) -> tuple[torch.Tensor, float]:
-        """Per-task holdout NDCG@10 over every rank, and the mean training loss."""
-        model.eval()
-        totals = torch.cat([_ndcg_sums(model, holdout_batches, item_text).flatten(),
-                            torch.tensor([float(np.mean(losses)) if losses else 0.0], dtype=torch.float64)])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        per_task = totals[:-1].view(2, len(TASKS))
-        return per_task[0] / per_task[1].clamp(min=1), float(totals[-1]) / world
-
-    # selection, per task: each task keeps the weights of the epoch with its best holdout NDCG@10 (the untrained
-    # blend's to begin with). One epoch for all let search, which overfits its few hundred queries within an
-    # epoch or two, stop the homepage, which needs four or five, before it had learnt anything
-    start, _ = holdout_ndcg([])
-    present = start > 0
-    task_best, task_epoch = start.clone(), [0] * len(TASKS)
-    untrained = model.head_state()
-    task_states = dict.fromkeys(TASKS, untrained)
-    stopping = EarlyStopping(hc.patience, hc.epochs, "holdout NDCG@10 on any task")
-    stopping.value = 0.0  # counts the epochs on which some task improved: it rises exactly when one does
-    size = min(hc.batch_size, len(examples) // world)
-    steps = len(examples) // (world * size)  # equal on every rank: DDP's collectives must pair up
-    for epoch in range(1, hc.epochs + 1):
-        model.train()
-        if spec.fm == "frozen":
-            model.fm.eval()
-        order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(examples))[rank::world]
-        losses = []
-        for step in range(steps):
-            index = order[step * size:(step + 1) * size]
-            batch = batch_of(examples.take(index))
-            losses_per_request = F.cross_entropy(trained(batch, item_text), batch.target, reduction="none")
-            loss = (losses_per_request * weight[index]).sum() / weight[index].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        per_task, mean_loss = holdout_ndcg(losses)
-        better = [i for i in range(len(TASKS)) if present[i] and per_task[i] > task_best[i]]
-        if better or not bool(present.any()):
-            state = model.head_state()
-            for i in better if better else range(len(TASKS)):
-                task_best[i], task_epoch[i], task_states[TASKS[i]] = per_task[i], epoch, state
-        improved = stopping.update(stopping.value + 1 if better else stopping.value, epoch)
-        value = float((task_best[present] / start[present]).mean()) if bool(present.any()) else 0.0
-        metrics = {SELECTION: value, "epoch": epoch, "loss": mean_loss}
-        metrics |= {f"holdout_ndcg10_{t}": float(per_task[i]) for i, t in enumerate(TASKS) if present[i]}
-        best = stopping.best() | {"value": value, "task_epochs": dict(zip(TASKS, task_epoch, strict=True))}
-        report(metrics, {"tasks": task_states} if rank == 0 and (improved or stopping.stopped) else None, best)
-        if stopping.stopped:
-            break
-
-
-def user_weights(examples: HeadExamples, power: float) -> np.ndarray:
-    """Each request's weight within its task: n^-power for a user with n of the task's requests (anonymous
-    requests count as users of their own), scaled so the task's weights average 1. Why: the few most active users
-    make most requests (on ml-latest-small's homepage training span, 5 of 77 users make 63% of them, one 29%), and
-    unweighted they set the ranker for everyone; weighing users more equally is what YouTube's recommender does
-    for the same reason (Covington et al. 2016). 0 weighs every request alike, 1 every user alike."""
-    weights = np.ones(len(examples))
-    for t in range(len(TASKS)):
-        index = np.flatnonzero(examples.task == t)
-        if len(index) == 0:
-            continue
-        users = np.where(examples.user[index] >= 0, examples.user[index], -1 - np.arange(len(index)))
-        _, group, n = np.unique(users, return_inverse=True, return_counts=True)
-        w = n[group].astype(np.float64) ** -power
-        weights[index] = w * len(index) / w.sum()
-    return weights
-
-
-def _ndcg_sums(model: HeadsModel, batches: list, item_text) -> torch.Tensor:
-    """[2, tasks]: the holdout's NDCG@10 sums and request counts per task."""
-    sums = torch.zeros(2, len(TASKS), dtype=torch.float64)
-    with torch.no_grad():
-        for batch in batches:
-            scores = model(batch, item_text)
-            target = scores.gather(1, batch.target[:, None])
-            rank = (scores > target).sum(1).double()  # optimistic on ties: selection only, never reported
-            gain = torch.where(rank < 10, 1.0 / torch.log2(rank + 2), 0.0)
-            sums[0].index_add_(0, batch.task, gain)
-            sums[1].index_add_(0, batch.task, torch.ones_like(gain))
-    return sums
+        f"NDCG@10 relative to the untrained blend's, averaged over tasks, {read_state(checkpoint).best_metric:.3f} "
+        f"({last_stop(run.directory / HEADS_DIR / METRICS_FILE)})")
+    return {"tasks": saved["tasks"]}
 
 
 def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig,
@@ -379,11 +259,11 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig,
 
 
 def heads_table(rows: list[dict], note: str = "") -> str:
-    lines = ["| task | model | HR@10 | NDCG@10 | NDCG@50 | MRR | requests (users) | the head's NDCG@10 minus this "
-             "(90% interval) |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['task']} | {r['model']} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} | {r['NDCG@50']:.4f} | "
-              f"{r['MRR']:.4f} | {int(r['users']):,}{_users(r)} | {_versus(r)} |" for r in rows]
-    return "\n".join(lines) + (f"\n\n{note}\n" if note else "\n")
+    head = ["task", "model", "HR@10", "NDCG@10", "NDCG@50", "MRR", "requests (users)",
+            "the head's NDCG@10 minus this (90% interval)"]
+    cells = [[r["task"], r["model"], *(f"{r[m]:.4f}" for m in ("HR@10", "NDCG@10", "NDCG@50", "MRR")),
+              f"{int(r['users']):,}{_users(r)}", _versus(r)] for r in rows]
+    return markdown(head, cells, "llrrrrrl") + (f"\n\n{note}\n" if note else "\n")
 
 
 def _users(row: dict) -> str:

@@ -31,8 +31,10 @@ from recfm.platform.evaluation.harness import (
 )
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.runtime import start_ray
-from recfm.platform.train.checkpoint import read_state
-from recfm.platform.train.worker import SELECTION, train_worker
+from recfm.platform.train.fm_job import SELECTION, make_foundation_job
+from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.metrics import last_stop
+from recfm.platform.train.state import read_state
 from recfm.run.files import (
     BEST_LINK,
     FINAL_LINK,
@@ -40,7 +42,6 @@ from recfm.run.files import (
     ITEM_PROB_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    RAY_DIR,
     RAY_RUN_NAME,
     REFIT_METRICS_FILE,
     REFIT_RUN_NAME,
@@ -95,15 +96,12 @@ def _item_content(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, counts: np.n
 
 def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
                      log=print, refit_from: Path | None = None, callbacks: list | None = None) -> Path:
-    """Runs the TorchTrainer; returns the best checkpoint's directory (`callbacks`: Ray Train callbacks, e.g.
-    `recfm tune`'s report to Ray Tune). With `refit_from`, continues that
-    checkpoint on every event before the test cutoff for `train.refit_epochs` epochs instead (no validation),
-    and returns the last checkpoint."""
+    """Trains the FM on Ray Train; returns the best checkpoint's directory (`callbacks`: Ray Train callbacks, e.g.
+    `recfm tune`'s report to Ray Tune). With `refit_from`, continues that checkpoint on every event before the test
+    cutoff for `train.refit_epochs` epochs instead (no validation), and returns the last checkpoint."""
     start_ray(cfg.train, address)
     import ray
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from recfm.platform.train.data import (
         in_memory_training_windows,
@@ -112,60 +110,32 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     )
 
     t = cfg.train
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     windows = streamed_training_windows if t.stream_data else in_memory_training_windows
     datasets = {"train": windows(prepared, cfg.model.max_len, t.seed, refit=refit_from is not None)}
     if refit_from is None:
         datasets["val"] = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
-        checkpoints = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
-                                                 checkpoint_score_order="max")
-    else:
-        checkpoints = ray.train.CheckpointConfig(num_to_keep=1)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"cfg": asdict(cfg), "spec": spec, "run_dir": str(run_dir),
-                           "item_prob": str(run_dir / ITEM_PROB_FILE),
-                           "item_content": str(run_dir / ITEM_CONTENT_FILE),
-                           "refit_from": str(refit_from) if refit_from else None,
-                           # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
-                           "steps_per_epoch": None if t.stream_data else
-                           datasets["train"].count() // (t.batch_size * t.workers)},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, storage_path=str(run_dir / RAY_DIR),
-            checkpoint_config=checkpoints, failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=callbacks),
-        datasets=datasets,
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-    )
+    job = {"spec": spec, "run_dir": str(run_dir), "item_prob": str(run_dir / ITEM_PROB_FILE),
+           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit_from else None,
+           # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
+           "steps_per_epoch": None if t.stream_data else datasets["train"].count() // (t.batch_size * t.workers)}
+    selection = None if refit_from is not None else SELECTION
     with _ProgressPrinter(run_dir / (METRICS_FILE if refit_from is None else REFIT_METRICS_FILE), log):
-        result = trainer.fit()
-    if refit_from is not None:
-        if result.checkpoint is None:
-            raise RuntimeError("the refit reported no checkpoint")
-        link(run_dir / FINAL_LINK, Path(result.checkpoint.path))
-        return Path(result.checkpoint.path)
-    best = max(result.best_checkpoints or [], key=lambda cm: cm[1].get(SELECTION, -1.0), default=None)
-    if best is None:
-        raise RuntimeError("training reported no checkpoint")
-    link(run_dir / BEST_LINK, Path(best[0].path))
-    state = read_state(Path(best[0].path))
-    log(f"stopped: {_last_stop(run_dir)}; best validation NDCG@10 {state.best_metric:.4f} at epoch "
-        f"{state.best_epoch}")
-    return Path(best[0].path)
+        result = launch(cfg, run_dir, RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, make_foundation_job,
+                        job, datasets=datasets, selection=selection, use_gpu=t.use_gpu, callbacks=callbacks,
+                        address=address)
+    checkpoint = best_checkpoint(result, selection)
+    link(run_dir / (BEST_LINK if refit_from is None else FINAL_LINK), checkpoint)
+    if refit_from is None:
+        state = read_state(checkpoint)
+        log(f"stopped: {last_stop(run_dir / METRICS_FILE)}; best validation NDCG@10 {state.best_metric:.4f} at "
+            f"epoch {state.best_epoch}")
+    return checkpoint
 
 
 def link(link: Path, target: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(target)
-
-
-def _last_stop(run_dir: Path) -> str:
-    """Why training ended, from the last epoch's line (the latest checkpoint may precede that epoch)."""
-    lines = (run_dir / METRICS_FILE).read_text().splitlines() if (run_dir / METRICS_FILE).exists() else []
-    return json.loads(lines[-1]).get("stopped", "?") if lines else "?"
 
 
 def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,

@@ -1,4 +1,5 @@
-"""Training metrics: TensorBoard scalars (and hparams) plus a metrics.jsonl line per epoch, from rank 0."""
+"""Training metrics: TensorBoard scalars (and hparams) plus a metrics.jsonl line per epoch, from rank 0, into a run's
+directory (the FM's) or a stage's own (heads/, distill/)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from torch.utils.tensorboard import SummaryWriter
 from recfm.run.files import METRICS_FILE, TB_DIR
 
 
+def last_stop(path: Path) -> str:
+    """Why training ended, from the last epoch's line of a metrics file (the kept checkpoint may precede it)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]).get("stopped", "?") if lines else "?"
+
+
 class MetricsLogger:
     """A no-op unless `enabled` (rank 0), so callers need not branch on rank."""
 
     def __init__(self, run_dir: Path, enabled: bool, file_name: str = METRICS_FILE):
         self.enabled = enabled
         self.path = Path(run_dir) / file_name
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(Path(run_dir) / TB_DIR)) if enabled else None
 
     def log(self, step: int, values: dict[str, float], epoch: int | None = None, stopped: str = "",

@@ -264,7 +264,7 @@ def test_homepage_page_has_no_repeats_and_caps_genres():
 
 def test_user_weighting_evens_out_heavy_users_within_each_task():
     from recfm.heads.examples import _examples
-    from recfm.platform.train.heads import user_weights
+    from recfm.platform.train.heads_job import user_weights
 
     def _requests(task: str, users: list[int]) -> HeadExamples:
         zeros = [0] * len(users)
