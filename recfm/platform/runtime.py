@@ -76,6 +76,8 @@ def start_ray(t: TrainConfig, address: str | None, concurrent_trials: int = 0) -
         os.environ.setdefault(key, value)
     import ray
 
+    # "Token authentication is enabled" on every start: a local Ray's token is its own, nothing to act on
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # Inside a Ray job (`ray job submit -- recfm train …`) RAY_ADDRESS names the job's cluster: join it.
     address = address or os.environ.get("RAY_ADDRESS")
     local = address in (None, "local")
