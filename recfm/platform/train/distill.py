@@ -29,7 +29,7 @@ from recfm.platform.evaluation.harness import evaluate
 from recfm.platform.evaluation.report import markdown, write_table
 from recfm.platform.runtime import configure_process
 from recfm.platform.train.data import TrainingCollate, training_windows
-from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.launch import launch
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.platform.train.metrics import last_stop
 from recfm.platform.train.state import read_state
@@ -64,11 +64,10 @@ def distill(run_dir: Path, cfg: RecfmConfig | None = None, address: str | None =
     log(f"distill: teacher {_params(teacher):,} parameters (dim {teacher.cfg.dim}, {teacher.cfg.layers} layers), "
         f"student {_params(DenseSequenceModel.from_spec(student_spec)):,} (dim {d.dim}, {d.layers} layers); "
         f"{windows.num_rows:,} training windows")
-    result = launch(cfg, run.directory, DISTILL_DIR, make_distill_job,
-                    {"run_dir": str(run.directory), "prepared": str(run.prepared)},
-                    shared={"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
-                            "student_spec": student_spec, "windows": windows}, address=address)
-    checkpoint = best_checkpoint(result)
+    checkpoint = launch(cfg, run.directory, DISTILL_DIR, DistillJob,
+                        {"run_dir": str(run.directory), "prepared": str(run.prepared)},
+                        shared={"teacher_spec": teacher.spec(), "teacher_state": teacher.state_dict(),
+                                "student_spec": student_spec, "windows": windows}, address=address)
     state = read_state(checkpoint)
     log(f"distill: best validation NDCG@10 {state.best_metric:.4f} at epoch {state.best_epoch} "
         f"({last_stop(run.directory / DISTILL_DIR / METRICS_FILE)})")
@@ -176,10 +175,6 @@ class DistillJob(Job):
         saved = torch.load(directory / STUDENT_FILE, weights_only=True)
         self.student.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-
-
-def make_distill_job(cfg: RecfmConfig, config: dict, rank: int, world: int) -> DistillJob:
-    return DistillJob(cfg, config, rank, world)
 
 
 def _validate(student: DenseSequenceModel, seqs: Sequences, cfg: RecfmConfig) -> float:

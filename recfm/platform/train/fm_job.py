@@ -50,8 +50,7 @@ class FoundationJob(Job):
         epochs = t.refit_epochs if self.refit else t.epochs
         self.settings = LoopSettings(epochs, t.patience, 0 if self.refit else t.val_every,
                                      0.0 if self.refit else t.max_minutes or 0.0, SELECTION)
-        self.steps_per_epoch = config.get("steps_per_epoch")
-        self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, self.steps_per_epoch)
+        self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, config.get("steps_per_epoch"))
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = None if self.refit else ray.train.get_dataset_shard("val")
         self.epoch, self.step = 0, 0
@@ -107,10 +106,6 @@ class FoundationJob(Job):
     def hparams(self) -> dict:
         return {f"{section}.{key}": value for section in ("model", "objective", "sharding", "train")
                 for key, value in asdict(getattr(self.cfg, section)).items()}
-
-
-def make_foundation_job(cfg: RecfmConfig, config: dict, rank: int, world: int) -> FoundationJob:
-    return FoundationJob(cfg, config, rank, world)
 
 
 @dataclass

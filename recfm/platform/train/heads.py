@@ -36,8 +36,8 @@ from recfm.platform.evaluation.baselines import EASE
 from recfm.platform.evaluation.report import markdown, write_table
 from recfm.platform.evaluation.significance import paired_difference
 from recfm.platform.runtime import configure_process
-from recfm.platform.train.heads_job import SELECTION, make_heads_job
-from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.heads_job import SELECTION, HeadsJob
+from recfm.platform.train.launch import launch
 from recfm.platform.train.metrics import last_stop
 from recfm.platform.train.state import read_state
 from recfm.platform.trained import TrainedRun
@@ -178,11 +178,10 @@ def _fit_on_ray(cfg: RecfmConfig, run: TrainedRun, fm_state: dict, spec: HeadsSp
                 signals: SignalTimeline, train_part: HeadExamples, holdout: HeadExamples, address: str | None,
                 log) -> dict:
     """The heads through the training loop on Ray Train; returns every task's best weights."""
-    result = launch(cfg, run.directory, HEADS_DIR, make_heads_job, {"run_dir": str(run.directory)},
-                    shared={"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
-                            "signals": signals, "train": train_part, "holdout": holdout},
-                    selection=SELECTION, address=address)
-    checkpoint = best_checkpoint(result, SELECTION)
+    checkpoint = launch(cfg, run.directory, HEADS_DIR, HeadsJob, {"run_dir": str(run.directory)},
+                        shared={"fm_spec": run.spec, "fm_state": fm_state, "spec": spec, "log": log_events,
+                                "signals": signals, "train": train_part, "holdout": holdout},
+                        selection=SELECTION, address=address)
     saved = torch.load(checkpoint / HEADS_WEIGHTS_FILE, weights_only=True)
     epochs = ", ".join(f"{t} {e}" for t, e in saved["task_epochs"].items())
     log(f"heads: each task's weights from its best holdout epoch ({epochs}; 0 = the untrained blend); holdout "

@@ -128,10 +128,6 @@ class HeadsJob(Job):
         self.task_epoch = [saved["task_epochs"][t] for t in TASKS]
 
 
-def make_heads_job(cfg: RecfmConfig, config: dict, rank: int, world: int) -> HeadsJob:
-    return HeadsJob(cfg, config, rank, world)
-
-
 def user_weights(examples: HeadExamples, power: float) -> np.ndarray:
     """Each request's weight within its task: n^-power for a user with n of the task's requests (anonymous
     requests count as users of their own), scaled so the task's weights average 1. Why: the few most active users

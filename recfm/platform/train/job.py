@@ -31,8 +31,8 @@ from recfm.platform.evaluation.harness import (
 )
 from recfm.platform.evaluation.report import write_results
 from recfm.platform.runtime import start_ray
-from recfm.platform.train.fm_job import SELECTION, make_foundation_job
-from recfm.platform.train.launch import best_checkpoint, launch
+from recfm.platform.train.fm_job import SELECTION, FoundationJob
+from recfm.platform.train.launch import launch
 from recfm.platform.train.metrics import last_stop
 from recfm.platform.train.state import read_state
 from recfm.run.files import (
@@ -121,10 +121,9 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
            "steps_per_epoch": None if t.stream_data else datasets["train"].count() // (t.batch_size * t.workers)}
     selection = None if refit_from is not None else SELECTION
     with _ProgressPrinter(run_dir / (METRICS_FILE if refit_from is None else REFIT_METRICS_FILE), log):
-        result = launch(cfg, run_dir, RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, make_foundation_job,
-                        job, datasets=datasets, selection=selection, use_gpu=t.use_gpu, callbacks=callbacks,
-                        address=address)
-    checkpoint = best_checkpoint(result, selection)
+        checkpoint = launch(cfg, run_dir, RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, FoundationJob,
+                            job, datasets=datasets, selection=selection, use_gpu=t.use_gpu, callbacks=callbacks,
+                            address=address)
     link(run_dir / (BEST_LINK if refit_from is None else FINAL_LINK), checkpoint)
     if refit_from is None:
         state = read_state(checkpoint)

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from recfm.platform.config import RecfmConfig
 from recfm.platform.runtime import start_ray
-from recfm.platform.train.loop import MakeJob
+from recfm.platform.train.loop import JobClass
 from recfm.run.files import RAY_DIR
 
 
-def launch(cfg: RecfmConfig, run_dir: Path, name: str, make_job: MakeJob, job_config: dict, *,
+def launch(cfg: RecfmConfig, run_dir: Path, name: str, job: JobClass, job_config: dict, *,
            shared: dict | None = None, datasets: dict | None = None, selection: str | None = "val_ndcg10",
-           use_gpu: bool = False, callbacks: list | None = None, address: str | None = None):
-    """Trains the job `make_job` builds on every worker; returns Ray's `Result`. `job_config` and `shared` reach
-    each worker as one dict, `shared`'s (large) values through Ray's object store; `selection`: the reported
-    figure Ray keeps the best checkpoint by (None: the latest); `callbacks`: Ray Train callbacks (`recfm tune`'s
-    report to Ray Tune)."""
+           use_gpu: bool = False, callbacks: list | None = None, address: str | None = None) -> Path:
+    """Trains a `job` (a `Job` subclass, built on every worker); returns the directory of the checkpoint with the
+    best `selection` figure (None: the latest). `job_config` and `shared` reach each worker as one dict, `shared`'s
+    (large) values through Ray's object store; `callbacks`: Ray Train callbacks (`recfm tune`'s report to Ray
+    Tune)."""
     start_ray(cfg.train, address)
     import ray
     import ray.train
@@ -32,7 +32,7 @@ def launch(cfg: RecfmConfig, run_dir: Path, name: str, make_job: MakeJob, job_co
             if selection else ray.train.CheckpointConfig(num_to_keep=1))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "make_job": make_job,
+        train_loop_config={"cfg": asdict(cfg), "job_class": job,
                            "job": job_config | {k: ray.put(v) for k, v in (shared or {}).items()}},
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -41,11 +41,7 @@ def launch(cfg: RecfmConfig, run_dir: Path, name: str, make_job: MakeJob, job_co
                                        callbacks=callbacks),
         datasets=datasets,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
-    return trainer.fit()
-
-
-def best_checkpoint(result, selection: str | None = "val_ndcg10") -> Path:
-    """The directory of the checkpoint with the best `selection` figure (None: the latest)."""
+    result = trainer.fit()
     if selection is None:
         if result.checkpoint is None:
             raise RuntimeError(f"{Path(result.path).name} reported no checkpoint")

@@ -86,11 +86,11 @@ class Job:
         return {}
 
 
-MakeJob = Callable[[RecfmConfig, dict, int, int], Job]
+JobClass = Callable[[RecfmConfig, dict, int, int], Job]  # a Job subclass: (config, job config, rank, world)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's `train_loop_per_worker` for every job: builds this worker's `Job` with `config["make_job"]`
+    """Ray Train's `train_loop_per_worker` for every job: builds this worker's `Job` of `config["job_class"]`
     (from the resolved config, the job's own config with any object-store references resolved, the rank and the
     world size) and runs the loop."""
     configure_process(threads=1, steady_heap=True)
@@ -98,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     job_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["job"].items()}
-    run_epochs(config["make_job"](cfg, job_config, rank, world), rank, world)
+    run_epochs(config["job_class"](cfg, job_config, rank, world), rank, world)
 
 
 def run_epochs(job: Job, rank: int, world: int) -> None:
@@ -137,8 +137,8 @@ def run_epochs(job: Job, rank: int, world: int) -> None:
             _report_checkpoint(job, state, rank, report)
         else:
             ray.train.report(report)
-    if job.hparams():
-        logger.hparams(job.hparams(), {f"best_{s.selection}": state.best_metric, "best_epoch": state.best_epoch})
+    if hparams := job.hparams():
+        logger.hparams(hparams, {f"best_{s.selection}": state.best_metric, "best_epoch": state.best_epoch})
     logger.close()
 
 
