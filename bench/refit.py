@@ -29,15 +29,12 @@ def main() -> None:
     from recfm.data.dataset import Sequences
     from recfm.data.pipeline import ensure_prepared
     from recfm.platform.config import load_config
-    from recfm.platform.evaluation.report import write_results
     from recfm.platform.runtime import configure_process, shutdown_ray_if_started
     from recfm.platform.train.job import (
         ITEM_CONTENT_FILE,
         ITEM_PROB_FILE,
-        baselines,
-        blend_with_ease,
         run_ray_training,
-        test_checkpoint,
+        test_run,
     )
     from recfm.run.files import BEST_LINK, MODEL_FILE
 
@@ -58,12 +55,7 @@ def main() -> None:
                 if (run / f).exists():
                     shutil.copy(run / f, out / f)
             final = run_ray_training(cfg, out, prepared, spec, None, print, refit_from=best)
-            results, notes = baselines(seqs, cfg, print)
-            results.append(test_checkpoint(best, spec, cfg, seqs, name="recfm-FM (before refit)"))
-            results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best, baselines=results))
-            blend = blend_with_ease(results, final, spec, cfg, seqs, val_checkpoint=best)
-            results += [blend] if blend is not None else []
-            write_results(out, results, seqs.info, cfg.eval.ks, notes)
+            results = test_run(cfg, out, seqs, spec, best, final, print)
             summary += [f"{name:>12} {r.name:<26} NDCG@10 {r.metrics['NDCG@10']:.4f}  HR@10 {r.metrics['HR@10']:.4f}"
                         f"  (validation NDCG@10 {r.val_metric or 0:.4f}; {r.params})"
                         for r in results if r.name.startswith("recfm")]

@@ -77,6 +77,14 @@ class Sequences:
         return np.arange(len(self.event_user), dtype=np.int64) - self.offsets[self.event_user]
 
     @cached_property
+    def first_seen(self) -> np.ndarray:
+        """Per event: is it its user's first event with this item? (A 0/1 history grows only at these.)"""
+        key = self.event_user.astype(np.int64) * max(self.n_items, 1) + self.events["item"]
+        first = np.zeros(len(key), dtype=bool)
+        first[np.unique(key, return_index=True)[1]] = True
+        return first
+
+    @cached_property
     def vocab(self) -> dict[str, list]:
         return json.loads((self.directory / "vocab.json").read_text())
 

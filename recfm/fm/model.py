@@ -144,10 +144,13 @@ class UserFoundationModel(nn.Module):
         missing = self.content.missing(ids)
         return self._items(ids, weight, missing, weight[self.content.neighbour_ids(ids[missing])])
 
+    def user_vectors(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
+        """[B, D]: what `score_items` scores the item table with, for the item `offset` steps ahead."""
+        return self.query(self(batch).user, offset)
+
     def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """Scores of every catalog item for each user in `batch` [B, items] (unsharded model only)."""
-        out = self(batch)
-        return self.query(out.user, offset) @ self.item_table().T
+        return self.user_vectors(batch, offset) @ self.item_table().T
 
 
 def _pad(flat: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:

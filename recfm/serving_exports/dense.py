@@ -73,9 +73,13 @@ class DenseSequenceModel(nn.Module):
     def item_table(self) -> torch.Tensor:
         return self.tables["item"].weight
 
+    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
+        """[B, D]: what `score_items` scores the item table with (the `FoundationScorer` interface)."""
+        return self(batch)
+
     def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """[B, items]: the next-item scores (the `FoundationScorer` interface)."""
-        return self(batch) @ self.item_table().T
+        return self.user_vectors(batch) @ self.item_table().T
 
     def spec(self) -> dict:
         return {"model": asdict(self.cfg), "tokenizer": self.tokenizer.to_dict()}

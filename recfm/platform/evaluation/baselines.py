@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from recfm.data.dataset import Sequences
+from recfm.data.ragged import positions
 from recfm.ranking.ease import ease_weights
 
 
@@ -64,10 +65,26 @@ class _ItemItem:
         return self._gram
 
     def score(self, users: np.ndarray, prefixes: np.ndarray) -> torch.Tensor:
-        # the sum of the weight rows of each request's history items: an embedding bag, 4x faster than scipy
-        rows = self._seqs.request_history(users, prefixes)
-        return F.embedding_bag(torch.from_numpy(rows.indices.astype(np.int64)), self.weights,
-                               torch.from_numpy(rows.indptr[:-1].astype(np.int64)), mode="sum")
+        """The sum of the weight rows of each request's (0/1) history items. A time split asks for every event
+        after a cutoff, so one user's requests come in a run of growing histories: each such request is the one
+        before it plus the rows of the items first seen in between (summed in float64), not its whole history
+        again: 10x faster on ml-latest-small, whose active users have hundreds of events."""
+        seqs = self._seqs
+        users, prefixes = np.asarray(users, dtype=np.int64), np.asarray(prefixes, dtype=np.int64)
+        follows = np.zeros(len(users), dtype=bool)
+        follows[1:] = (users[1:] == users[:-1]) & (prefixes[1:] >= prefixes[:-1])
+        low = np.where(follows, np.concatenate([[0], prefixes[:-1]]), 0)
+        spans = prefixes - low
+        events = np.repeat(seqs.offsets[users] + low, spans) + positions(spans)
+        new = seqs.first_seen[events]
+        items = seqs.events["item"][events[new]].astype(np.int64)
+        counts = np.bincount(np.repeat(np.arange(len(users)), spans)[new], minlength=len(users))
+        # an embedding bag: 4x faster than scipy's sparse product
+        added = F.embedding_bag(torch.from_numpy(items), self.weights,
+                                torch.from_numpy(np.cumsum(counts) - counts), mode="sum").double()
+        for r in np.flatnonzero(follows):  # row by row: 5x faster than a cumsum over dim 0 at this shape
+            added[r] += added[r - 1]
+        return added.float()
 
 
 class EASE(_ItemItem):
@@ -97,12 +114,18 @@ class ItemKNN(_ItemItem):
     def fit(self, seqs: Sequences, stage: str) -> None:
         self._history(seqs, stage)
         gram = self._gram_matrix()
-        norms = torch.sqrt(torch.diagonal(gram))
-        sim = gram / (norms[:, None] * norms[None, :] + self.shrink + 1e-12)
+        # items no one has interacted with yet are nobody's neighbours: only the seen ones are compared
+        seen = torch.nonzero(torch.diagonal(gram) > 0).squeeze(1)
+        sub = gram[seen][:, seen]
+        norms = torch.sqrt(torch.diagonal(sub))
+        sim = sub / (norms[:, None] * norms[None, :] + self.shrink + 1e-12)
         sim.fill_diagonal_(0.0)
         k = min(self.k, sim.shape[0] - 1)
-        top = sim.topk(k, dim=0)  # for each target item j, its k most similar items i; the rest count 0
-        self.weights = torch.zeros_like(sim).scatter_(0, top.indices, top.values)
+        # for each target item j, its k most similar items i (the rest count 0); sim is symmetric, so row j's
+        # top k are column j's, and a top k along rows is 3x faster than along columns
+        top = sim.topk(k, dim=1)
+        self.weights = torch.zeros_like(gram)
+        self.weights[seen[top.indices], seen[:, None].expand_as(top.indices)] = top.values
 
     def params(self) -> dict:
         return {"k": self.k, "shrink": self.shrink}

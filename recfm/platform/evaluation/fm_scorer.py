@@ -27,15 +27,24 @@ class FoundationScorer:
                  val_model: UserFoundationModel | None = None):
         self.name, self._params = name, params or {}
         self._models = {"test": model.eval(), "val": (val_model or model).eval()}
-        self.model = model
+        self.model, self.stage = model, "test"
         self.new_item_boost = 0.0
+        # the evaluation scores the same requests again and again (each new-item boost, the blend's weights):
+        # each request's user vector is computed once per stage, the catalog's item vectors once per model
+        self._queries: dict[tuple, torch.Tensor] = {}
+        self._items: dict[str, torch.Tensor] = {}
 
     def fit(self, seqs: Sequences, stage: str) -> None:
-        self.seqs, self.model = seqs, self._models[stage]
+        self.seqs, self.model, self.stage = seqs, self._models[stage], stage
 
     def score(self, users: np.ndarray, prefixes: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            scores = self.model.score_items(self._batch(users, prefixes))
+            key = (self.stage, np.asarray(users).tobytes(), np.asarray(prefixes).tobytes())
+            if key not in self._queries:
+                self._queries[key] = self.model.user_vectors(self._batch(users, prefixes))
+            if self.stage not in self._items:
+                self._items[self.stage] = self.model.item_table().T.contiguous()
+            scores = self._queries[key] @ self._items[self.stage]  # = model.score_items(batch)
             content = getattr(self.model, "content", None)  # a distilled student has none
             if self.new_item_boost and content is not None:
                 scores = scores + self.new_item_boost * (~content.has_id).to(scores.dtype)

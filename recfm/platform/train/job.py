@@ -50,18 +50,20 @@ from recfm.run.run import load_weights
 
 FM_NAME = "recfm-FM"  # the final model's row (refitted when train.refit_epochs > 0)
 
-def test_run(cfg: RecfmConfig, run_dir: Path, seqs: Sequences, spec: dict, best: Path, final: Path, log=print) -> None:
+def test_run(cfg: RecfmConfig, run_dir: Path, seqs: Sequences, spec: dict, best: Path, final: Path,
+             log=print) -> list[ModelResult]:
     """The evaluate stage: the baselines, the FM (before and after its refit, on leave-one-out) and the FM + EASE
-    blend on the test split, written to the run's results.md and results.json."""
+    blend on the test split, written to `run_dir`'s results.md and results.json; returns the rows."""
     refitted = final != best
     results, notes = baselines(seqs, cfg, log)
     if refitted and seqs.info.split == "loo":  # the model as trained, beside its refit
         results.append(test_checkpoint(best, spec, cfg, seqs, name=f"{FM_NAME} (before refit)"))
-    results.append(test_checkpoint(final, spec, cfg, seqs, val_checkpoint=best if refitted else None,
-                                   baselines=results))
-    blend = blend_with_ease(results, final, spec, cfg, seqs, best if refitted else None, log)
+    fm = fm_scorer(final, spec, cfg, val_checkpoint=best if refitted else None)
+    results.append(test_fm(fm, cfg, seqs, baselines=results))
+    blend = blend_with_ease(results, fm, cfg, seqs, log)
     results += [blend] if blend is not None else []
     log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
+    return results
 
 
 def write_model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, log=print) -> dict:
@@ -137,34 +139,44 @@ def link(link: Path, target: Path) -> None:
     link.symlink_to(target)
 
 
-def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
-                    val_checkpoint: Path | None = None, baselines: list[ModelResult] = (),
-                    name: str = FM_NAME) -> ModelResult:
-    """The checkpoint, gathered into one process, through the same harness as the baselines: tuned on
-    validation with `val_checkpoint` (the model before its refit) where given, tested with `checkpoint`
-    (`baselines`: their rows, whose validation ranks bound the new-item prior)."""
+def fm_scorer(checkpoint: Path, spec: dict, cfg: RecfmConfig, val_checkpoint: Path | None = None,
+              name: str = FM_NAME) -> FoundationScorer:
+    """The checkpoint, gathered into one process, as a scorer: validation scored with `val_checkpoint` (the model
+    before its refit) where given, the test with `checkpoint`."""
     model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
     state = read_state(checkpoint)
     params = {"epoch": state.best_epoch, "dim": cfg.model.dim, "layers": cfg.model.layers, "mtp": cfg.objective.mtp,
               "facets": len(model.facets), "min_to_best": round(state.best_elapsed_s / 60, 1)}
-    scorer = FoundationScorer(model, name=name, params=params, val_model=val_model)
+    return FoundationScorer(model, name=name, params=params, val_model=val_model)
+
+
+def test_fm(scorer: FoundationScorer, cfg: RecfmConfig, seqs: Sequences,
+            baselines: list[ModelResult] = ()) -> ModelResult:
+    """The FM through the same harness as the baselines (`baselines`: their rows, whose validation ranks bound the
+    new-item prior)."""
     grid = []
-    if model.content is not None:  # one value, chosen on validation by the rule below, then tested
+    if scorer.model.content is not None:  # one value, chosen on validation by the rule below, then tested
         grid = [{"new_item_boost": choose_new_item_boost(scorer, seqs, cfg.eval, baselines)}]
     return tune_and_test(scorer, grid, seqs, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.seed, log=lambda _: None,
                          val_targets=cfg.eval.val_targets)
 
 
-def blend_with_ease(results: list[ModelResult], checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
-                    val_checkpoint: Path | None = None, log=print) -> ModelResult | None:
-    """The "recfm-FM + EASE" row (`eval.blend_weights`): the tested FM's scores fused with EASE's at the lambda
-    EASE's own row chose, the weight chosen on validation; None without an EASE row or weights."""
+def test_checkpoint(checkpoint: Path, spec: dict, cfg: RecfmConfig, seqs: Sequences,
+                    val_checkpoint: Path | None = None, baselines: list[ModelResult] = (),
+                    name: str = FM_NAME) -> ModelResult:
+    """`test_fm` of the checkpoint (validation with `val_checkpoint` where given)."""
+    return test_fm(fm_scorer(checkpoint, spec, cfg, val_checkpoint, name), cfg, seqs, baselines)
+
+
+def blend_with_ease(results: list[ModelResult], scorer: FoundationScorer, cfg: RecfmConfig, seqs: Sequences,
+                    log=print) -> ModelResult | None:
+    """The "recfm-FM + EASE" row (`eval.blend_weights`): the tested FM's scores (`scorer`, its row in `results`)
+    fused with EASE's at the lambda EASE's own row chose, the weight chosen on validation; None without an EASE row
+    or weights."""
     ease = next((r for r in results if r.name == "EASE"), None)
     fm = next((r for r in results if r.name == FM_NAME), None)
     if ease is None or fm is None or not cfg.eval.blend_weights:
         return None
-    model, val_model = (_load_model(c, spec, cfg) if c is not None else None for c in (checkpoint, val_checkpoint))
-    scorer = FoundationScorer(model, name=FM_NAME, params=fm.params, val_model=val_model)
     scorer.new_item_boost = fm.params.get("new_item_boost", 0.0)
     blend = ScoreBlend(scorer, EASE(ease.params["lambda"]), name=f"{FM_NAME} + EASE")
     e = cfg.eval

@@ -223,3 +223,44 @@ def test_the_blend_weight_is_the_argmax_of_validation_and_is_tested_as_chosen(sm
     blend.fit(small, "test")
     assert evaluate(blend, small, "test", [10])[0]["NDCG@10"] == pytest.approx(result.metrics["NDCG@10"])
     assert result.params["EASE.lambda"] == 10.0
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory):
+    """A time split with 40% of the catalog held out until the test: items unseen at validation."""
+    from recfm.data.prepare import prepare
+    from recfm.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("timed")
+    synthesize(root / "syn", users=300, items=150, events=9000, seed=7, clusters=6)
+    prepare(root / "syn", root / "prep", split="time", val_cutoff=0.6, test_cutoff=0.8, cold_items=0.4)
+    return Sequences.load(root / "prep")
+
+
+@pytest.mark.parametrize("model", [EASE(lam=30.0), ItemKNN(k=8, shrink=5.0)])
+def test_item_item_scores_of_growing_histories_are_each_history_summed(timed, model):
+    """The item-item models score a user's run of requests by adding the items first seen between them: every
+    row must equal the request's own 0/1 history times the weights, in any request order, repeats included."""
+    model.fit(timed, "val")
+    users, prefixes = timed.eval_requests("val")
+    assert (np.diff(users) == 0).sum() > len(users) // 2  # runs of one user's growing histories
+    repeated = timed.history_matrix("test", binary=False).max() > 1
+    assert repeated  # a user with an item twice: its second event must not count it again
+    shuffled = np.random.default_rng(0).permutation(len(users))
+    for order in (np.arange(len(users)), shuffled):
+        u, p = users[order], prefixes[order]
+        expected = timed.request_history(u, p).toarray().astype(np.float64) @ model.weights.double().numpy()
+        np.testing.assert_allclose(model.score(u, p).double().numpy(), expected, atol=1e-4)
+
+
+def test_ease_gives_items_nobody_has_seen_zero_weights_and_the_rest_the_closed_form(timed):
+    ease = EASE(lam=30.0)
+    ease.fit(timed, "val")
+    x = timed.history_matrix("val").toarray().astype(np.float64)
+    unseen = x.sum(0) == 0
+    assert unseen.sum() > 10  # the cold items, and any other not yet seen
+    p = np.linalg.inv(x.T @ x + 30.0 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(ease.weights.numpy(), b, atol=2e-5)
+    assert not ease.weights.numpy()[unseen].any() and not ease.weights.numpy()[:, unseen].any()
