@@ -25,10 +25,13 @@ demo: install
 	$(PY) -m compileall -q recfm
 	$(VENV)/bin/recfm demo
 
-test: install  # the layers contract, then every test: unit, then integration (real Ray, PostgreSQL, TorchRec across processes)
+# Every test, unit and integration (real Ray, PostgreSQL, TorchRec across processes), one file at a time on each of
+# 2 processes: the integration tests mostly wait (on Ray starting workers, on servers), so two files at once take
+# little longer than one. The longest files are collected first, so none is left to run alone at the end.
+test: install  # the layers contract, then every test
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m compileall -q recfm tests
-	$(PY) -m pytest -q --durations=15 tests/unit tests/integration
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests/integration tests/unit
 
 test-fast: install  # unit tests only: no Ray, no servers, one process; under 2 minutes
 	$(PY) -m compileall -q recfm tests

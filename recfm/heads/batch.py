@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recfm.fm.batching import inference_batch, rows_from_arrays
+from recfm.fm.batching import SequenceBatch, inference_batch, rows_from_arrays
 from recfm.fm.tokens import EventTokenizer, gap_bucket
 from recfm.heads.examples import TASKS, HeadExamples
 from recfm.heads.model import GAP_BUCKETS, HeadsBatch
@@ -32,13 +32,18 @@ class EventLog:
                 for u, k in zip(user, known, strict=True)]
 
 
+def history_batch(examples: HeadExamples, log: EventLog, tokenizer: EventTokenizer,
+                  max_len: int) -> tuple[SequenceBatch, np.ndarray]:
+    """The FM's input: the histories of the examples with a known user with history (which: the bool array)."""
+    has_user = (examples.user >= 0) & (examples.known > 0)
+    rows = rows_from_arrays(log.offsets, log.events, examples.user[has_user])
+    return inference_batch(rows, examples.known[has_user], tokenizer, max_len), has_user
+
+
 def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals | SignalTimeline,
                 tokenizer: EventTokenizer, max_len: int, word_buckets: int, trigram_buckets: int) -> HeadsBatch:
     """Examples must already be imputed (`recfm.heads.context.impute`)."""
-    has_user = (examples.user >= 0) & (examples.known > 0)
-    users = examples.user[has_user]
-    history = inference_batch(rows_from_arrays(log.offsets, log.events, users), examples.known[has_user],
-                              tokenizer, max_len)
+    history, has_user = history_batch(examples, log, tokenizer, max_len)
     known = np.where(has_user, examples.known, 0)
     histories, times = log.histories(examples.user, known), log.histories(examples.user, known, "ts")
     features = signals.features(list(examples.query), examples.item, histories, examples.ts, times)

@@ -75,6 +75,7 @@ class HeadsBatch:
     signals: torch.Tensor  # float32 [B, items, len(SIGNALS)]
     exclude: torch.Tensor  # bool [B, items]: not rankable for this request (already seen, the source item)
     target: torch.Tensor  # int64 [B], -1 when serving
+    fm_user: torch.Tensor | None = None  # a frozen FM's query vectors of the `has_user` rows, when computed already
 
 
 class ContextualRanker(nn.Module):
@@ -131,6 +132,7 @@ class HeadsModel(nn.Module):
         self.no_item = nn.Parameter(torch.zeros(dim))
         # the catalog's text vectors out of training, per set of weights in use (None: the model's own)
         self._item_cache: dict[str | None, tuple[KeyedJaggedTensor, torch.Tensor]] = {}
+        self._frozen_items: torch.Tensor | None = None  # a frozen FM's item table, computed once
         self._task_states: dict[str, dict[str, torch.Tensor]] = {}  # weights chosen per task, when loaded so
         self._current: str | None = None
         names = ["unified"] if spec.mode == "unified" else list(TASKS)
@@ -193,7 +195,7 @@ class HeadsModel(nn.Module):
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
-        self._item_cache, self._current = {}, None
+        self._item_cache, self._current, self._frozen_items = {}, None, None
         return super().load_state_dict(*args, **kwargs)
 
     def head_state(self) -> dict[str, torch.Tensor]:
@@ -215,11 +217,39 @@ class HeadsModel(nn.Module):
         if wrong:
             raise ValueError(f"heads weights do not match this model: {', '.join(wrong[:5])}")
 
+    def frozen_user_vectors(self, history: SequenceBatch) -> torch.Tensor:
+        """A frozen FM's next-item query vectors for `history` (they never change: computed once per request)."""
+        if self.spec.fm != "frozen":
+            raise ValueError("only a frozen FM's user vectors can be computed ahead")
+        if not history.size:
+            return torch.zeros(0, self.fm.cfg.dim)
+        return self._frozen_fm(lambda: self.fm.user_vectors(history))
+
+    def _frozen_fm(self, compute):
+        """`compute()` on the frozen FM as it always runs in training and serving: without dropout or gradients."""
+        training = self.fm.training
+        self.fm.eval()
+        with torch.no_grad():
+            result = compute()
+        self.fm.train(training)
+        return result
+
     def _fm(self, batch: HeadsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The item table and each request's user vector (the FM's next-item query for users with history)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.spec.fm == "finetune"):
-            items = self.fm.item_table()
-            vectors = self.fm.query(self.fm(batch.history).user, 1) if bool(batch.has_user.any()) else None
+        frozen = self.spec.fm == "frozen"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            if not frozen:
+                items = self.fm.item_table()
+            elif self._frozen_items is None:
+                items = self._frozen_items = self._frozen_fm(self.fm.item_table)
+            else:
+                items = self._frozen_items
+            if not bool(batch.has_user.any()):
+                vectors = None
+            elif batch.fm_user is not None and frozen:
+                vectors = batch.fm_user
+            else:
+                vectors = self.fm.user_vectors(batch.history)
         user = self.no_user.expand(len(batch.task), -1)
         if vectors is not None:
             placed = torch.zeros_like(user).index_put((torch.nonzero(batch.has_user).flatten(),), vectors)

@@ -29,14 +29,19 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head():
     """A head node of our own (its own temp dir and ports), blocked in a process group we kill at the end:
-    `ray stop` would stop every Ray on the machine, not only ours."""
+    `ray stop` would stop every Ray on the machine, not only ours. Its agents get free ports too: on their fixed
+    defaults, another Ray on the machine (a test run beside this one) kept its job agent from starting ("No
+    available agent")."""
     port, dashboard = _free_port(), _free_port()
+    agents = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "runtime-env-agent-port",
+                                                      "ray-client-server-port")]
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3", "--include-dashboard=true",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--disable-usage-stats", *agents],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:

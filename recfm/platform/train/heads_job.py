@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from recfm.fm.model import build_model
-from recfm.heads.batch import heads_batch
+from recfm.heads.batch import heads_batch, history_batch
 from recfm.heads.examples import TASKS, HeadExamples
 from recfm.heads.model import HeadsModel
 from recfm.heads.text import text_features
@@ -58,6 +58,8 @@ class HeadsJob(Job):
         task_weight = np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)
         self.weight = torch.from_numpy(task_weight[self.examples.task]
                                        * user_weights(self.examples, hc.user_weighting)).float()
+        # a frozen FM's user vector of each training request, once: not again every epoch (a third of a step)
+        self.fm_vectors = self._frozen_vectors(self.examples) if self.spec.fm == "frozen" else None
         mine = config["holdout"].take(np.arange(rank, len(config["holdout"]), world))
         self.holdout = [self._batch(mine.take(np.arange(s, min(s + 256, len(mine))))) for s in range(0, len(mine), 256)]
         self.size = min(hc.batch_size, len(self.examples) // world)
@@ -71,10 +73,25 @@ class HeadsJob(Job):
         self.settings = LoopSettings(hc.epochs, hc.patience, 1, selection=SELECTION,
                                      figure="holdout NDCG@10 on any task")
 
-    def _batch(self, examples: HeadExamples):
+    def _batch(self, examples: HeadExamples, index: np.ndarray | None = None):
+        """The batch of `examples` (the training examples at `index`, when they are those)."""
         fm = self.heads.fm
-        return heads_batch(examples, self.log_events, self.signals, fm.tokenizer, fm.cfg.max_len,
-                           self.spec.word_buckets, self.spec.trigram_buckets)
+        batch = heads_batch(examples, self.log_events, self.signals, fm.tokenizer, fm.cfg.max_len,
+                            self.spec.word_buckets, self.spec.trigram_buckets)
+        if self.spec.fm == "frozen":
+            batch.fm_user = (self.fm_vectors[index][batch.has_user] if index is not None
+                             else self.heads.frozen_user_vectors(batch.history))
+        return batch
+
+    def _frozen_vectors(self, examples: HeadExamples) -> torch.Tensor:
+        """[examples, D]: the frozen FM's user vector of each example (zeros for those without a user)."""
+        fm = self.heads.fm
+        vectors = torch.zeros(len(examples), fm.cfg.dim)
+        for start in range(0, len(examples), 256):
+            part = examples.take(np.arange(start, min(start + 256, len(examples))))
+            history, has_user = history_batch(part, self.log_events, fm.tokenizer, fm.cfg.max_len)
+            vectors[start + np.flatnonzero(has_user)] = self.heads.frozen_user_vectors(history)
+        return vectors
 
     def batches(self, epoch: int):
         self.epoch = epoch
@@ -84,7 +101,7 @@ class HeadsJob(Job):
         order = np.random.default_rng(self.seed + epoch).permutation(len(self.examples))[self.rank::self.world]
         for step in range(self.steps):
             index = order[step * self.size:(step + 1) * self.size]
-            yield self._batch(self.examples.take(index)), self.weight[index]
+            yield self._batch(self.examples.take(index), index), self.weight[index]
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         batch, weight = batch

@@ -211,6 +211,27 @@ def test_frozen_heads_train_only_themselves(mode):
     assert ranker.signal_weights.weight.grad.abs().sum() > 0 and model.text.project.weight.grad is not None
 
 
+def test_a_frozen_fms_user_vectors_computed_ahead_score_as_computed_in_the_step():
+    """The heads' training computes a frozen FM's user vectors once, ahead: they must be the FM as every step runs
+    it (without dropout, even when the FM was left in training mode), so the scores are the same either way."""
+    torch.manual_seed(0)
+    tok = EventTokenizer([Facet("item", 6)])
+    fm = UserFoundationModel(ModelConfig(dim=8, layers=1, heads=2, max_len=8, dropout=0.5, content=False), tok)
+    model = HeadsModel(fm, HeadsSpec(fm="frozen", text_dim=8, hidden=16, word_buckets=64, trigram_buckets=64))
+    batch, signals = _batch(fm)
+    item_text = text_features(signals.documents, 64, 64)
+    fm.train()  # dropout on: vectors computed like this would differ from the eval-mode step's
+    batch.fm_user = model.frozen_user_vectors(batch.history)
+    model.eval()
+    with torch.no_grad():
+        ahead = model(batch, item_text)
+        batch.fm_user = None
+        in_step = model(batch, item_text)
+    finite = torch.isfinite(in_step)
+    assert torch.equal(torch.isfinite(ahead), finite) and int(batch.has_user.sum()) >= 2
+    torch.testing.assert_close(ahead[finite], in_step[finite])
+
+
 def test_weights_chosen_per_task_score_each_task_with_its_own():
     torch.manual_seed(0)
     fm = _fm()
