@@ -12,7 +12,7 @@ from pathlib import Path
 
 from recfm.data.errors import DataError
 from recfm.platform.config import (
-    STAGES,
+    DEMO,
     ConfigError,
     RecfmConfig,
     StoreConfig,
@@ -333,7 +333,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    cfg = _config(args, base={"stages": list(STAGES)})  # every stage, unless told otherwise
+    cfg = _config(args, base=DEMO)  # every stage, at the demo's size, unless told otherwise
     if args.print_config:
         print(to_yaml(cfg), end="")
     from recfm.platform.pipeline import run_pipeline  # torch and Ray: only once the config is known to be good

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +99,19 @@ def write_programs(serving: ServingModel, example: tuple[torch.Tensor, ...], max
     with torch.no_grad():
         program = torch.export.export(serving, example, dynamic_shapes=dynamic)
     torch.export.save(program, directory / "model.pt2")
-    onnx_program = torch.onnx.export(serving, example, dynamic_shapes=dynamic, input_names=serving.names,
-                                     output_names=OUTPUTS, dynamo=True, verbose=False)
+    # the exporter's notes are about torch's own internals (torchvision's ops it skips, its renamed axes), not
+    # this model: the parity check below is what says the program is right
+    onnx_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            onnx_program = torch.onnx.export(serving, example, dynamic_shapes=dynamic, input_names=serving.names,
+                                             output_names=OUTPUTS, dynamo=True, verbose=False)
+    finally:
+        onnx_log.setLevel(level)
     onnx_program.save(str(directory / "model.onnx"))
 
 
