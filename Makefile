@@ -27,7 +27,8 @@ demo: install
 
 # Every test, unit and integration (real Ray, PostgreSQL, TorchRec across processes), one file at a time on each of
 # 2 processes: the integration tests mostly wait (on Ray starting workers, on servers), so two files at once take
-# little longer than one. The longest files are collected first, so none is left to run alone at the end.
+# little longer than one. The integration files (the long ones) are collected first, so none is left to run alone
+# at the end.
 test: install  # the layers contract, then every test
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m compileall -q recfm tests

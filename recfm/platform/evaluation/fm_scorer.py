@@ -30,7 +30,7 @@ class FoundationScorer:
         self.model, self.stage = model, "test"
         self.new_item_boost = 0.0
         # the evaluation scores the same requests again and again (each new-item boost, the blend's weights):
-        # each request's user vector is computed once per stage, the catalog's item vectors once per model
+        # each request's user vector and the catalog's item vectors are computed once per stage
         self._queries: dict[tuple, torch.Tensor] = {}
         self._items: dict[str, torch.Tensor] = {}
 
