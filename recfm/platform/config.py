@@ -359,9 +359,9 @@ STAGES = ("prepare", "fm", "refit", "evaluate", "heads", "distill", "export", "p
 # with the plain defaults.
 DEMO = {
     "stages": list(STAGES),
-    "train": {"max_minutes": 3.0, "val_every": 1, "val_users": 5000, "refit_epochs": 2},
+    "train": {"max_minutes": 3.0, "val_every": 1, "val_users": 2500, "refit_epochs": 2},
     "eval": {"ease_lambdas": [30.0, 100.0, 300.0], "knn_neighbors": [50, 200], "knn_shrinks": [10.0, 100.0]},
-    "heads": {"max_train_per_task": 1000, "epochs": 6, "patience": 2},
+    "heads": {"max_train_per_task": 1000, "epochs": 4, "patience": 2, "signal_refits": 2},
     "distill": {"epochs": 6, "patience": 2, "candidates": 1024},
 }
 

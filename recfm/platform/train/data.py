@@ -1,19 +1,20 @@
-"""Training input through Ray Data: Parquet sequences -> per-worker shards -> model batches.
+"""Training input: Parquet sequences -> per-worker shares -> model batches.
 
 Two sources, the same rows: `in_memory_training_windows` (small data: the driver reads one table and hands
-its windows to Ray's object store), or `streamed_training_windows` (`train.stream_data`), which reads the sequence
-shards block by block in Ray Data tasks and cuts windows as they stream past, every epoch, so neither the
-driver nor a worker ever holds the whole dataset.
+its windows to Ray's object store; each worker batches its share with `epoch_batches`), or
+`streamed_training_windows` (`train.stream_data`), which reads the sequence shards block by block in Ray Data
+tasks and cuts windows as they stream past, every epoch, so neither the driver nor a worker ever holds the whole
+dataset (each worker iterates its Ray Data shard with `iter_torch_batches`).
 
-Each worker iterates its shard with `iter_torch_batches`; the collate functions below turn Ray's numpy
-batches (list columns arrive as object arrays of per-user arrays) into `SequenceBatch`es, whose flat ids and
-lengths become the KeyedJaggedTensor inside the model. Ray splits datasets into equal shards, and training
-drops the last partial batch, so every worker runs the same number of steps: TorchRec's collectives need
-that.
+The collate functions below turn numpy batches (list columns as object arrays of per-user arrays, as Ray Data
+gives them) into `SequenceBatch`es, whose flat ids and lengths become the KeyedJaggedTensor inside the model.
+Every worker runs the same number of steps (equal shares, the last partial training batch dropped): TorchRec's
+and DDP's collectives pair up across workers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +64,30 @@ def training_windows(table: pa.Table, max_len: int, seed: int = 0) -> pa.Table:
     return windows.take(pa.array(np.random.default_rng(seed).permutation(windows.num_rows)))
 
 
-def in_memory_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False):
-    """A Ray Dataset of `training_windows` over the whole sequence table, read here and put into Ray's object
-    store: on a small machine, read tasks would wait for CPUs the training workers hold (and spawning them costs
-    a minute). `refit`: each user's events before the test cutoff instead of the validation cutoff."""
-    import ray.data
-
+def in_memory_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False) -> pa.Table:
+    """`training_windows` over the whole sequence table, read here, for Ray's object store: on a small machine,
+    Ray Data's read tasks would wait for CPUs the training workers hold, and its executor costs ~10 s before the
+    first batch of every launch. `refit`: each user's events before the test cutoff instead of the validation
+    cutoff."""
     table = _training_prefix(pq.read_table(Path(prepared) / SEQUENCES_DIR), refit)
-    return ray.data.from_arrow(training_windows(table, max_len, seed))
+    return training_windows(table, max_len, seed)
+
+
+def epoch_batches(table: pa.Table, rank: int, world: int, batch_size: int, collate,
+                  seed: int | None = None) -> Iterator:
+    """This worker's share of `table`'s rows as collated batches, as many on every worker. With `seed` (training):
+    a fresh permutation of all rows, every `world`-th to this worker, full batches only. Without (validation):
+    equal consecutive shares in order, the last batch partial; the < `world` rows left over are not used."""
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(table.num_rows)[rank::world]
+        steps, size = table.num_rows // (world * batch_size), batch_size
+    else:
+        share = table.num_rows // world
+        order = np.arange(rank * share, (rank + 1) * share)
+        steps, size = -(-share // batch_size), batch_size
+    for step in range(steps):
+        rows = table.take(pa.array(order[step * size:(step + 1) * size]))
+        yield collate({name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names})
 
 
 def streamed_training_windows(prepared: Path, max_len: int, seed: int = 0, refit: bool = False):

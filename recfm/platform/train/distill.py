@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -28,7 +27,7 @@ from recfm.platform.evaluation.fm_scorer import FoundationScorer
 from recfm.platform.evaluation.harness import evaluate
 from recfm.platform.evaluation.report import markdown, write_table
 from recfm.platform.runtime import configure_process
-from recfm.platform.train.data import TrainingCollate, training_windows
+from recfm.platform.train.data import TrainingCollate, epoch_batches, training_windows
 from recfm.platform.train.launch import launch
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.platform.train.metrics import last_stop
@@ -140,18 +139,13 @@ class DistillJob(Job):
         self.collate = TrainingCollate(self.student.tokenizer, self.student.cfg.max_len, 1)
         self.seqs = Sequences.load(Path(config["prepared"])) if rank == 0 else None
         self.size = min(d.batch_size, self.windows.num_rows // world)
-        self.steps = self.windows.num_rows // (world * self.size)  # equal on every rank: DDP's collectives pair up
         self.metrics_dir, self.metrics_file = Path(config["run_dir"]) / DISTILL_DIR, METRICS_FILE
         self.settings = LoopSettings(d.epochs, d.patience)
 
     def batches(self, epoch: int):
         self.objective.train()
         self.teacher.eval()
-        order = np.random.default_rng(self.cfg.train.seed + epoch).permutation(self.windows.num_rows)
-        order = order[self.rank::self.world]
-        for step in range(self.steps):
-            rows = self.windows.take(order[step * self.size:(step + 1) * self.size])
-            yield self.collate({name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names})
+        return epoch_batches(self.windows, self.rank, self.world, self.size, self.collate, self.cfg.train.seed + epoch)
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         return self.model(batch)

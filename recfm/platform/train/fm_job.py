@@ -1,7 +1,7 @@
 """The foundation model's job for the training loop: the TorchRec-sharded model and its objective, this worker's
-shard of the training windows (Ray Data), the learning-rate schedule, full-ranking validation across workers, and
-sharded checkpoints. A refit (`refit_from`) continues the best checkpoint on every event before the test cutoff,
-for `train.refit_epochs` epochs, without validation."""
+share of the training windows (from the object store, or streamed by Ray Data), the learning-rate schedule,
+full-ranking validation across workers, and sharded checkpoints. A refit (`refit_from`) continues the best
+checkpoint on every event before the test cutoff, for `train.refit_epochs` epochs, without validation."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from recfm.fm.model import build_model
 from recfm.fm.objectives import TrainingObjective
 from recfm.platform.config import RecfmConfig
 from recfm.platform.train.checkpoint import load_checkpoint, save_checkpoint
-from recfm.platform.train.data import TrainingCollate, ValidationCollate
+from recfm.platform.train.data import TrainingCollate, ValidationCollate, epoch_batches
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.platform.train.state import read_state
 from recfm.platform.train.validation import validate
@@ -51,8 +51,9 @@ class FoundationJob(Job):
         self.settings = LoopSettings(epochs, t.patience, 0 if self.refit else t.val_every,
                                      0.0 if self.refit else t.max_minutes or 0.0, SELECTION)
         self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, config.get("steps_per_epoch"))
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = None if self.refit else ray.train.get_dataset_shard("val")
+        self.rank, self.world = rank, world
+        self.windows, self.val_table = config.get("windows"), config.get("val")  # windows: None when streamed
+        self.train_shard = ray.train.get_dataset_shard("train") if self.windows is None else None
         self.epoch, self.step = 0, 0
         if self.refit:
             self.load(Path(config["refit_from"]))
@@ -67,10 +68,12 @@ class FoundationJob(Job):
     def batches(self, epoch: int):
         t = self.cfg.train
         self.epoch = epoch
+        collate = TrainingCollate(self.tokenizer, self.cfg.model.max_len, self.cfg.objective.mtp)
+        if self.windows is not None:
+            return epoch_batches(self.windows, self.rank, self.world, t.batch_size, collate, t.seed * 7919 + epoch)
         return self.train_shard.iter_torch_batches(
-            batch_size=t.batch_size, collate_fn=TrainingCollate(self.tokenizer, self.cfg.model.max_len,
-                                                                self.cfg.objective.mtp),
-            drop_last=True, local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed * 7919 + epoch)
+            batch_size=t.batch_size, collate_fn=collate, drop_last=True, local_shuffle_buffer_size=4 * t.batch_size,
+            local_shuffle_seed=t.seed * 7919 + epoch)
 
     def before_step(self, step: int) -> None:
         self.step = step
@@ -93,8 +96,8 @@ class FoundationJob(Job):
         return self.cfg.train.lr * self.schedule.factor(self.epoch, self.step)
 
     def validate(self) -> dict[str, float]:
-        batches = self.val_shard.iter_torch_batches(
-            batch_size=256, collate_fn=ValidationCollate(self.tokenizer, self.cfg.model.max_len))
+        batches = epoch_batches(self.val_table, self.rank, self.world, 256,
+                                ValidationCollate(self.tokenizer, self.cfg.model.max_len))
         return validate(self.model, batches, self.n_items, seed=self.cfg.eval.seed)
 
     def save(self, directory: Path, rank: int) -> None:

@@ -102,7 +102,6 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     `recfm tune`'s report to Ray Tune). With `refit_from`, continues that checkpoint on every event before the test
     cutoff for `train.refit_epochs` epochs instead (no validation), and returns the last checkpoint."""
     start_ray(cfg.train, address)
-    import ray
     import ray.data
 
     from recfm.platform.train.data import (
@@ -112,20 +111,24 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     )
 
     t = cfg.train
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    windows = streamed_training_windows if t.stream_data else in_memory_training_windows
-    datasets = {"train": windows(prepared, cfg.model.max_len, t.seed, refit=refit_from is not None)}
-    if refit_from is None:
-        datasets["val"] = ray.data.from_arrow(validation_table(prepared, t.val_users, cfg.eval.seed))
+    refit = refit_from is not None
+    shared, datasets = {}, None
+    if t.stream_data:  # read by Ray Data tasks every epoch
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        datasets = {"train": streamed_training_windows(prepared, cfg.model.max_len, t.seed, refit=refit)}
+    else:  # one table through the object store
+        shared["windows"] = in_memory_training_windows(prepared, cfg.model.max_len, t.seed, refit=refit)
+    if not refit:
+        shared["val"] = validation_table(prepared, t.val_users, cfg.eval.seed)
     job = {"spec": spec, "run_dir": str(run_dir), "item_prob": str(run_dir / ITEM_PROB_FILE),
-           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit_from else None,
+           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None,
            # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
-           "steps_per_epoch": None if t.stream_data else datasets["train"].count() // (t.batch_size * t.workers)}
+           "steps_per_epoch": None if t.stream_data else shared["windows"].num_rows // (t.batch_size * t.workers)}
     selection = None if refit_from is not None else SELECTION
     with _ProgressPrinter(run_dir / (METRICS_FILE if refit_from is None else REFIT_METRICS_FILE), log):
         checkpoint = launch(cfg, run_dir, RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, FoundationJob,
-                            job, datasets=datasets, selection=selection, use_gpu=t.use_gpu, callbacks=callbacks,
-                            address=address)
+                            job, shared=shared, datasets=datasets, selection=selection, use_gpu=t.use_gpu,
+                            callbacks=callbacks, address=address)
     link(run_dir / (BEST_LINK if refit_from is None else FINAL_LINK), checkpoint)
     if refit_from is None:
         state = read_state(checkpoint)

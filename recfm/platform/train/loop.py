@@ -93,8 +93,9 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train's `train_loop_per_worker` for every job: builds this worker's `Job` of `config["job_class"]`
     (from the resolved config, the job's own config with any object-store references resolved, the rank and the
     world size) and runs the loop."""
-    configure_process(threads=1, steady_heap=True)
     cfg = config_from_dict(config["cfg"])
+    # as many torch threads as CPUs Ray gave the worker (the heap setting assumes few threads: see its note)
+    configure_process(threads=max(1, int(cfg.train.cpus_per_worker)), steady_heap=True)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     job_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config["job"].items()}

@@ -264,3 +264,29 @@ def test_ease_gives_items_nobody_has_seen_zero_weights_and_the_rest_the_closed_f
     np.fill_diagonal(b, 0.0)
     np.testing.assert_allclose(ease.weights.numpy(), b, atol=2e-5)
     assert not ease.weights.numpy()[unseen].any() and not ease.weights.numpy()[:, unseen].any()
+
+
+def test_ease_weights_of_the_same_gram_and_lambda_are_reused_and_of_any_other_solved(monkeypatch):
+    from recfm.ranking import ease as ease_module
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((rng.random((40, 12)) < 0.3).astype(np.float32))
+    gram = x.T @ x
+    monkeypatch.setattr(ease_module, "_cache", type(ease_module._cache)())
+    first = ease_module.ease_weights(gram, 10.0)
+    assert ease_module.ease_weights(gram.clone(), 10.0) is first  # equal bytes: the cached tensor
+    other_lambda = ease_module.ease_weights(gram, 20.0)
+    changed = gram.clone()
+    changed[0, 1] += 1.0
+    changed[1, 0] += 1.0
+    other_gram = ease_module.ease_weights(changed, 10.0)
+    for weights, g, lam in ((other_lambda, gram, 20.0), (other_gram, changed, 10.0)):
+        assert weights is not first
+        torch.testing.assert_close(weights, ease_module._solve(g, lam))
+    # bounded by bytes: room for two, the least recently used goes
+    monkeypatch.setattr(ease_module, "CACHE_BYTES", 2 * first.numel() * first.element_size())
+    ease_module._cache.clear()
+    a, b = ease_module.ease_weights(gram, 1.0), ease_module.ease_weights(gram, 2.0)
+    assert ease_module.ease_weights(gram, 1.0) is a
+    ease_module.ease_weights(gram, 3.0)
+    assert ease_module.ease_weights(gram, 1.0) is a and ease_module.ease_weights(gram, 2.0) is not b
