@@ -354,7 +354,7 @@ def space_values(key: str, spec: Any) -> list:
 
 STAGES = ("prepare", "fm", "refit", "evaluate", "heads", "distill", "export", "push")  # recfm.platform.pipeline
 
-# `recfm demo`: every stage, sized down for 2 cores (15.8 min on a clean clone, 2026-12-07; a config file or
+# `recfm demo`: every stage, sized down for 2 cores (13.9 min on a clean clone, 2026-12-07; a config file or
 # KEY=VALUE overrides given to `recfm demo` still win). `recfm train` with no config file trains the same data
 # with the plain defaults.
 DEMO = {
