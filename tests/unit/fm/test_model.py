@@ -253,3 +253,27 @@ def test_training_windows_cover_every_target_once():
     targets = sorted((w["user"], i) for w in windows for i in w["item"][1:])
     # every event of the training prefix but each user's first is a target exactly once; user 2 has none
     assert targets == [(0, i) for i in range(101, 109)] + [(1, 8)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_worker_gets_as_many_batches_and_the_shares_split_the_rows(world):
+    import pyarrow as pa
+
+    from recfm.platform.train.data import epoch_batches
+
+    table = pa.table({"row": np.arange(103)})
+
+    def rows(batch: dict) -> list[int]:  # the collate: the row numbers as they came
+        return batch["row"].tolist()
+
+    for seed in (1, 2):  # training: a fresh permutation, full batches only, disjoint across workers
+        shares = [list(epoch_batches(table, rank, world, 8, rows, seed)) for rank in range(world)]
+        assert {len(s) for s in shares} == {103 // (world * 8)} and all(len(b) == 8 for s in shares for b in s)
+        seen = [r for s in shares for b in s for r in b]
+        assert len(seen) == len(set(seen)) == 8 * world * (103 // (world * 8))
+    # each epoch its own order
+    assert list(epoch_batches(table, 0, world, 8, rows, 1)) != list(epoch_batches(table, 0, world, 8, rows, 2))
+    # validation: consecutive equal shares in order, the last batch partial, fewer than `world` rows left over
+    shares = [list(epoch_batches(table, rank, world, 8, rows)) for rank in range(world)]
+    assert len({len(s) for s in shares}) == 1
+    assert [r for s in shares for b in s for r in b] == list(range(103 - 103 % world))
