@@ -73,7 +73,6 @@ class CatalogSignals:
         norms = np.sqrt(gram.diagonal())
         gram.setdiag(0.0)
         gram.eliminate_zeros()
-        gram.sort_indices()
         rows = np.repeat(np.arange(n_items), np.diff(gram.indptr))
         cosine = sp.csr_matrix((gram.data / (norms[rows] * norms[gram.indices] + shrink), gram.indices, gram.indptr),
                                shape=gram.shape)

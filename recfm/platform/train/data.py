@@ -73,20 +73,27 @@ def in_memory_training_windows(prepared: Path, max_len: int, seed: int = 0, refi
     return training_windows(table, max_len, seed)
 
 
+def epoch_indices(rows: int, rank: int, world: int, batch_size: int, seed: int | None = None) -> Iterator[np.ndarray]:
+    """This worker's share of `rows` row numbers as batches, as many on every worker (TorchRec's and DDP's
+    collectives pair up across workers). With `seed` (training): a fresh permutation of all rows, every `world`-th
+    to this worker, full batches only. Without (validation): equal consecutive shares in order, the last batch
+    partial; the < `world` rows left over are not used."""
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(rows)[rank::world]
+        steps = rows // (world * batch_size)
+    else:
+        share = rows // world
+        order = np.arange(rank * share, (rank + 1) * share)
+        steps = -(-share // batch_size)
+    for step in range(steps):
+        yield order[step * batch_size:(step + 1) * batch_size]
+
+
 def epoch_batches(table: pa.Table, rank: int, world: int, batch_size: int, collate,
                   seed: int | None = None) -> Iterator:
-    """This worker's share of `table`'s rows as collated batches, as many on every worker. With `seed` (training):
-    a fresh permutation of all rows, every `world`-th to this worker, full batches only. Without (validation):
-    equal consecutive shares in order, the last batch partial; the < `world` rows left over are not used."""
-    if seed is not None:
-        order = np.random.default_rng(seed).permutation(table.num_rows)[rank::world]
-        steps, size = table.num_rows // (world * batch_size), batch_size
-    else:
-        share = table.num_rows // world
-        order = np.arange(rank * share, (rank + 1) * share)
-        steps, size = -(-share // batch_size), batch_size
-    for step in range(steps):
-        rows = table.take(pa.array(order[step * size:(step + 1) * size]))
+    """`epoch_indices` of `table`'s rows, each batch through `collate` (numpy columns, as Ray Data gives them)."""
+    for index in epoch_indices(table.num_rows, rank, world, batch_size, seed):
+        rows = table.take(pa.array(index))
         yield collate({name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names})
 
 

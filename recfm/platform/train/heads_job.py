@@ -23,6 +23,7 @@ from recfm.heads.examples import TASKS, HeadExamples
 from recfm.heads.model import HeadsModel
 from recfm.heads.text import text_features
 from recfm.platform.config import RecfmConfig
+from recfm.platform.train.data import epoch_indices
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.run.files import HEADS_DIR, HEADS_WEIGHTS_FILE, METRICS_FILE
 
@@ -63,7 +64,6 @@ class HeadsJob(Job):
         mine = config["holdout"].take(np.arange(rank, len(config["holdout"]), world))
         self.holdout = [self._batch(mine.take(np.arange(s, min(s + 256, len(mine))))) for s in range(0, len(mine), 256)]
         self.size = min(hc.batch_size, len(self.examples) // world)
-        self.steps = len(self.examples) // (world * self.size)  # equal on every rank: DDP's collectives must pair up
         self.start = self._holdout_ndcg()
         self.present = self.start > 0
         self.task_best, self.task_epoch = self.start.clone(), [0] * len(TASKS)
@@ -98,9 +98,7 @@ class HeadsJob(Job):
         self.heads.train()
         if self.spec.fm == "frozen":
             self.heads.fm.eval()
-        order = np.random.default_rng(self.seed + epoch).permutation(len(self.examples))[self.rank::self.world]
-        for step in range(self.steps):
-            index = order[step * self.size:(step + 1) * self.size]
+        for index in epoch_indices(len(self.examples), self.rank, self.world, self.size, self.seed + epoch):
             yield self._batch(self.examples.take(index), index), self.weight[index]
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -124,13 +124,13 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
            "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None,
            # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
            "steps_per_epoch": None if t.stream_data else shared["windows"].num_rows // (t.batch_size * t.workers)}
-    selection = None if refit_from is not None else SELECTION
-    with _ProgressPrinter(run_dir / (METRICS_FILE if refit_from is None else REFIT_METRICS_FILE), log):
-        checkpoint = launch(cfg, run_dir, RAY_RUN_NAME if refit_from is None else REFIT_RUN_NAME, FoundationJob,
+    selection = None if refit else SELECTION
+    with _ProgressPrinter(run_dir / (REFIT_METRICS_FILE if refit else METRICS_FILE), log):
+        checkpoint = launch(cfg, run_dir, REFIT_RUN_NAME if refit else RAY_RUN_NAME, FoundationJob,
                             job, shared=shared, datasets=datasets, selection=selection, use_gpu=t.use_gpu,
                             callbacks=callbacks, address=address)
-    link(run_dir / (BEST_LINK if refit_from is None else FINAL_LINK), checkpoint)
-    if refit_from is None:
+    link(run_dir / (FINAL_LINK if refit else BEST_LINK), checkpoint)
+    if not refit:
         state = read_state(checkpoint)
         log(f"stopped: {last_stop(run_dir / METRICS_FILE)}; best validation NDCG@10 {state.best_metric:.4f} at "
             f"epoch {state.best_epoch}")
