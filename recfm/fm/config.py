@@ -33,6 +33,9 @@ class ModelConfig:
     """training window; longer histories are cut into windows of this many targets, inference reads the latest"""
     window: int = 0
     """sliding-window attention span (0 = full causal attention); computed blockwise, O(length x window)"""
+    freq_mix: float = 0.0
+    """weight of a causal frequency filter beside attention in every block (BSARec's low- and high-pass mix, made
+    causal: `recfm.fm.transformer`); attention keeps 1 - freq_mix; 0 = attention alone"""
     positions: str = "learned"
     """learned | rope"""
     combine: str = "sum"
@@ -77,6 +80,8 @@ class ModelConfig:
                 raise ModelConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
         if self.max_len < 2 or self.layers < 1 or self.window < 0 or not 0 <= self.dropout < 1:
             raise ModelConfigError("model: max_len >= 2, layers >= 1, window >= 0, 0 <= dropout < 1")
+        if not 0 <= self.freq_mix <= 1:
+            raise ModelConfigError("model.freq_mix must be in [0, 1]")
         if not 0 <= self.id_dropout < 1 or self.semantic_levels < 0 or self.semantic_codes < 2:
             raise ModelConfigError("model: 0 <= id_dropout < 1, semantic_levels >= 0, semantic_codes >= 2")
         if self.new_item_neighbours < 0 or not self.new_item_temperature > 0:

@@ -64,7 +64,7 @@ class UserFoundationModel(nn.Module):
         self.token_norm = nn.LayerNorm(cfg.dim)
         self.token_dropout = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.max_len,
-                                       cfg.positions, cfg.window)
+                                       cfg.positions, cfg.window, cfg.freq_mix)
         # offset 1 scores the hidden state directly (as SASRec does); offset k > 1 adds a learned residual map
         self.offset_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim) for _ in range(mtp - 1))
         for head in self.offset_heads:

@@ -9,13 +9,14 @@ after training gets its code from the same centroids.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 
 def fit_residual_kmeans(vectors: np.ndarray, levels: int, codes: int, seed: int = 0) -> np.ndarray:
     """Centroids [levels, codes, dim] (float32); fewer vectors than codes is an error."""
     if len(vectors) < codes:
         raise ValueError(f"semantic IDs: {len(vectors)} items cannot fill {codes} codes per level")
+    from sklearn.cluster import KMeans  # here: scikit-learn (1.5 s to import) is not needed to train or serve
+
     residual = np.asarray(vectors, dtype=np.float32).copy()
     centroids = []
     for level in range(levels):

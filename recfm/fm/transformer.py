@@ -7,6 +7,12 @@ matters when a few long histories pad a batch of short ones (Beauty: 50 columns,
 traces the padded path, whose shapes do not depend on the data. A sliding window limits each token to the
 previous `window` tokens; it is computed blockwise (each block of `window` queries against its own and the
 previous block's keys), so attention costs O(T * window) rather than O(T^2) for long histories.
+
+With `freq_mix` = a > 0 each block adds, beside attention (weight 1 - a), a causal frequency filter (weight a):
+BSARec's inductive bias (Shin et al., AAAI 2024: a low-pass part plus a re-scaled high-pass part of the sequence),
+made causal. BSARec filters the whole sequence by FFT, which lets position t see later positions; it trains on the
+last position only. recfm trains every position at once, so the low-pass part here is a per-channel exponential
+moving average of the earlier tokens (learned decay), and the high-pass part is the token minus it.
 """
 
 from __future__ import annotations
@@ -105,17 +111,49 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return y.reshape(b, h, n * window, d)[:, :, :t]
 
 
+class CausalFrequencyFilter(nn.Module):
+    """low + beta * (x - low), where low[t] is the exponential moving average of x[0..t] with a learned decay per
+    channel: the smooth trend of a history (its low frequencies) and what departs from it, weighed apart."""
+
+    def __init__(self, dim: int, max_len: int, dropout: float, decay: float = 0.9):
+        super().__init__()
+        self.decay_logit = nn.Parameter(torch.full((dim,), math.log(decay / (1 - decay))))
+        self.beta = nn.Parameter(torch.ones(dim))
+        self.register_buffer("lag", torch.arange(max_len)[:, None] - torch.arange(max_len)[None, :],
+                             persistent=False)  # t - s
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        padded = packing.pad(x) if packing is not None else x
+        t = padded.shape[1]
+        lag = self.lag[:t, :t]
+        log_decay = F.logsigmoid(self.decay_logit)  # [D]
+        weights = torch.exp(log_decay[:, None, None] * lag.clamp(min=0)) * (lag >= 0)  # [D, T, T], causal
+        weights = weights / weights.sum(-1, keepdim=True)
+        low = torch.einsum("dts,bsd->btd", weights, padded)
+        if packing is not None:
+            low = packing.unpad(low)
+        return self.dropout(low + self.beta * (x - low))
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, rope: RotaryPositions | None):
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, rope: RotaryPositions | None,
+                 max_len: int, freq_mix: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = CausalSelfAttention(dim, heads, dropout, rope)
+        self.freq_mix = freq_mix
+        self.freq = CausalFrequencyFilter(dim, max_len, dropout) if freq_mix else None
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, window: int, packing: Packing | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), window, packing)
+        h = self.norm1(x)
+        if self.freq is None:
+            x = x + self.attn(h, window, packing)
+        else:
+            x = x + (1 - self.freq_mix) * self.attn(h, window, packing) + self.freq_mix * self.freq(h, packing)
         return x + self.ffn(self.norm2(x))
 
 
@@ -123,12 +161,13 @@ class Transformer(nn.Module):
     """Returns the final normed hidden states [B, T, D], and each layer's (for a layer-mean user vector)."""
 
     def __init__(self, dim: int, layers: int, heads: int, ffn_mult: int, dropout: float, max_len: int,
-                 positions: str = "learned", window: int = 0):
+                 positions: str = "learned", window: int = 0, freq_mix: float = 0.0):
         super().__init__()
         rope = RotaryPositions(dim // heads, max_len) if positions == "rope" else None
         self.positions = nn.Embedding(max_len, dim) if positions == "learned" else None
         self.window = window
-        self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, rope) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, rope, max_len, freq_mix)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.apply(_init)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth

@@ -36,7 +36,7 @@ class DenseSequenceModel(nn.Module):
         self.token_norm = nn.LayerNorm(cfg.dim)
         self.token_dropout = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.max_len,
-                                       cfg.positions, cfg.window)
+                                       cfg.positions, cfg.window, cfg.freq_mix)
 
     @classmethod
     def from_foundation(cls, fm: UserFoundationModel) -> DenseSequenceModel:

@@ -110,7 +110,7 @@ def test_multi_token_loss_weights_each_offset():
 
 def test_attention_is_causal_and_windowed():
     rows = _rows(2)
-    for overrides, window in (({}, 0), ({"positions": "rope"}, 0), ({"window": 3}, 3)):
+    for overrides, window in (({}, 0), ({"positions": "rope"}, 0), ({"window": 3}, 3), ({"freq_mix": 0.7}, 0)):
         model = _model(**overrides)
         base = model(inference_batch(rows, np.array([12, 12]), model.tokenizer, 12)).hidden
         changed = {k: [v.copy() for v in vs] for k, vs in rows.items()}
@@ -136,7 +136,7 @@ def test_blockwise_window_attention_equals_the_masked_dense_one(t, window):
     torch.testing.assert_close(local_attention(q, k, v, window), dense)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"positions": "rope"}, {"window": 3}, {"heads": 4}])
+@pytest.mark.parametrize("overrides", [{}, {"positions": "rope"}, {"window": 3}, {"heads": 4}, {"freq_mix": 0.7}])
 def test_packed_transformer_is_the_padded_one_on_real_tokens(overrides):
     """The FM runs the transformer packed (per-token work on real tokens only); export traces the padded path."""
     transformer = _model(**overrides).transformer.eval()
@@ -149,6 +149,23 @@ def test_packed_transformer_is_the_padded_one_on_real_tokens(overrides):
     for a, b in zip(packed_layers, padded_layers, strict=True):
         torch.testing.assert_close(a[real], b[real])
     assert not packed[~real].any()  # padded positions are never computed
+
+
+def test_the_frequency_filter_is_a_causal_moving_average_plus_scaled_departures_from_it():
+    from recfm.fm.transformer import CausalFrequencyFilter
+
+    f = CausalFrequencyFilter(dim=2, max_len=6, dropout=0.0).eval()
+    with torch.no_grad():
+        f.decay_logit.copy_(torch.tensor([0.0, 2.0]))  # decays 0.5 and sigmoid(2) per channel
+        f.beta.copy_(torch.tensor([0.0, 3.0]))
+    x = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(0))
+    expected = torch.empty_like(x)
+    for c, decay in enumerate((0.5, float(torch.sigmoid(torch.tensor(2.0))))):
+        for t in range(6):
+            w = torch.tensor([decay ** (t - s) for s in range(t + 1)])
+            low = (w[:, None] * x[:, :t + 1, c].T).sum(0) / w.sum()
+            expected[:, t, c] = low + float(f.beta[c]) * (x[:, t, c] - low)
+    torch.testing.assert_close(f(x), expected)
 
 
 def test_padding_does_not_change_a_users_vector():
