@@ -39,6 +39,9 @@ class DataConfig:
     """time split: a timestamp, or a quantile of event times in (0, 1)"""
     actions: list[str] | None = None
     """which actions are interactions; default: the importer's choice"""
+    min_item_events: int = 0
+    """leave out items with fewer interactions than this in the whole file, and their events (counted, reported), as
+    the 5-core benchmark files do; 0 = keep every item"""
     cold_items: float = 0.0
     """time split: hold out this share of items, drawn at random, from everything before the test cutoff (the cold-start
     evaluation); their test events stay"""
@@ -55,6 +58,8 @@ class DataConfig:
                                     ("data.ts_unit", self.ts_unit, ("s", "ms", "us", "ns", "iso"))):
             if value not in allowed:
                 raise DataConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.min_item_events < 0:
+            raise DataConfigError("data.min_item_events must be >= 0")
         if not 0 <= self.cold_items < 1:
             raise DataConfigError("data.cold_items must be in [0, 1)")
         if source_needed and not Path(self.source).exists():

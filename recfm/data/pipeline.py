@@ -18,7 +18,7 @@ from recfm.data.schema import DatasetInfo
 from recfm.data.sequences import import_sequences
 
 _IMPORT_KEYS = ("source", "format", "mode", "id_type", "mapping", "ts_unit", "items")
-_PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions", "cold_items", "cold_seed")
+_PREPARE_KEYS = ("split", "val_cutoff", "test_cutoff", "actions", "cold_items", "cold_seed", "min_item_events")
 PREPARE_VERSION = 2  # bumped when prepare's output changes, so cached outputs are rebuilt
 
 
@@ -56,7 +56,8 @@ def ensure_prepared(cfg: DataConfig, log: Callable[[str], None] = print) -> Path
         shutil.rmtree(imported, ignore_errors=True)
         log(summary(import_source(cfg, imported)))
     info = prepare(imported, prepared, cfg.split, cfg.val_cutoff, cfg.test_cutoff, cfg.actions,
-                   cold_items=cfg.cold_items, cold_seed=cfg.cold_seed)
+                   cold_items=cfg.cold_items, cold_seed=cfg.cold_seed,
+                   min_item_events=cfg.min_item_events)
     info.params = params
     info.save(prepared)
     log(describe(info))

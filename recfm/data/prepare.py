@@ -69,6 +69,9 @@ class PreparedInfo:
     users_without_targets: int = 0
     cold_items: int = 0  # items held out of training (`data.cold_items`), listed in cold_items.npy
     cold_events_removed: int = 0  # their events before the test cutoff, removed so that nothing trains on them
+    min_item_events: int = 0  # `data.min_item_events`
+    rare_items: int = 0  # items with fewer interactions than that in the whole file, left out
+    rare_events_removed: int = 0  # their interactions
     params: dict = field(default_factory=dict)  # what `ensure_prepared` compares to reuse this output
 
     def save(self, directory: Path) -> None:
@@ -84,8 +87,12 @@ class PreparedInfo:
 
 def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | None = None,
             test_cutoff: float | None = None, actions: list[str] | None = None,
-            users_per_shard: int = 200_000, cold_items: float = 0.0, cold_seed: int = 0) -> PreparedInfo:
+            users_per_shard: int = 200_000, cold_items: float = 0.0, cold_seed: int = 0,
+            min_item_events: int = 0) -> PreparedInfo:
     """Builds sequences and the split from an imported dataset; `actions` defaults to its interactions.
+
+    `min_item_events` leaves out the items with fewer interactions than that in the whole file, and their events
+    (counted in the output's info), as the 5-core benchmark files do.
 
     `cold_items` (time split only) holds out that share of the catalog, drawn at random: every event on them
     before the test cutoff is removed, so they enter the test period as titles nobody has watched."""
@@ -107,6 +114,16 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
     table = table.filter(pa.array(is_interaction)).drop_columns(["query"])
     if table.num_rows == 0:
         raise DataError(str(dataset), f"no events with an interaction action ({', '.join(actions)})")
+    rare_items = rare_events = 0
+    if min_item_events > 1:
+        counts = pc.value_counts(table["item_id"])
+        rare = pc.less(counts.field("counts"), min_item_events)
+        rare_items = int(pc.sum(rare).as_py() or 0)
+        frequent = pc.invert(pc.is_in(table["item_id"], counts.field("values").filter(rare)))
+        rare_events = table.num_rows - int(pc.sum(frequent).as_py() or 0)
+        table = table.filter(frequent)
+        if table.num_rows == 0:
+            raise DataError(str(dataset), f"data.min_item_events={min_item_events} leaves no interactions")
 
     user_ids, uidx = _dense(table["user_id"])
     item_ids, iidx = _dense(table["item_id"])
@@ -168,6 +185,7 @@ def prepare(dataset: Path, out: Path, split: str = "loo", val_cutoff: float | No
         context_events=context.num_rows, val_users=val_users, test_users=test_users,
         val_targets=int(val_counts.sum()), test_targets=int(test_counts.sum()),
         users_without_targets=len(user_ids) - test_users, cold_items=len(cold), cold_events_removed=removed,
+        min_item_events=min_item_events, rare_items=rare_items, rare_events_removed=rare_events,
     )
     prepared.save(out)
     return prepared
@@ -261,6 +279,9 @@ def describe(info: PreparedInfo) -> str:
     if info.split == "time":
         text += (f"; cutoffs {time.strftime('%Y-%m-%d', time.gmtime(info.val_cutoff))} (val) and "
                  f"{time.strftime('%Y-%m-%d', time.gmtime(info.test_cutoff))} (test)")
+    if info.rare_items:
+        text += (f"; {info.rare_items:,} items with fewer than {info.min_item_events}"
+                 f" interactions left out, with their {info.rare_events_removed:,} events")
     if info.cold_items:
         text += (f"; {info.cold_items:,} cold items held out: their {info.cold_events_removed:,} events before the "
                  f"test cutoff removed")

@@ -10,7 +10,7 @@ from conftest import write_movielens
 from recfm.data.dataset import Sequences
 from recfm.data.errors import DataError
 from recfm.data.movielens import import_movielens
-from recfm.data.prepare import cold_items, prepare
+from recfm.data.prepare import cold_items, describe, prepare
 from recfm.data.sequences import import_sequences
 
 # user 7 rates three movies at the same second, in file order 3, 1, 2; then one more later
@@ -135,3 +135,22 @@ def test_cold_items_lose_every_event_before_the_test_cutoff_and_keep_their_test_
     assert (info.val_cutoff, info.test_cutoff) == (full.val_cutoff, full.test_cutoff)
     with pytest.raises(DataError, match="needs the time split"):
         prepare(tmp_path / "imp", tmp_path / "loo", cold_items=0.25)
+
+
+def test_min_item_events_leaves_out_rare_items_and_counts_them(tmp_path):
+    # item 1: 3 interactions, item 2: 2, item 3: 1 (user 9 has only item 3, so leaves with it)
+    ratings = ("userId,movieId,rating,timestamp\n5,1,3.0,50\n5,2,2.0,60\n7,1,4.0,70\n7,2,4.0,80\n8,1,4.0,90\n"
+               "9,3,1.0,95\n")
+    root = write_movielens(tmp_path / "ml", ratings=ratings, movies=MOVIES, tags=None)
+    import_movielens(root, tmp_path / "imp")
+    info = prepare(tmp_path / "imp", tmp_path / "prep", min_item_events=2)
+    items = pq.read_table(tmp_path / "prep" / "items.parquet").to_pydict()
+    users = pq.read_table(tmp_path / "prep" / "users.parquet").to_pydict()
+    assert items["item_id"] == [1, 2] and users["user_id"] == [5, 7, 8]
+    assert (info.items, info.events, info.rare_items, info.rare_events_removed) == (2, 5, 1, 1)
+    assert "1 items with fewer than 2 interactions left out, with their 1 events" in describe(info)
+    info = prepare(tmp_path / "imp", tmp_path / "prep3", min_item_events=3)
+    assert (info.items, info.events, info.rare_items, info.rare_events_removed) == (1, 3, 2, 3)
+    assert prepare(tmp_path / "imp", tmp_path / "all").items == 3
+    with pytest.raises(DataError, match="leaves no interactions"):
+        prepare(tmp_path / "imp", tmp_path / "none", min_item_events=4)
