@@ -94,7 +94,8 @@ def export_run(run: Run, model: DenseSequenceModel, reference, kind: str, out: P
 
 
 def write_programs(serving: ServingModel, example: tuple[torch.Tensor, ...], max_len: int, directory: Path) -> None:
-    """`model.pt2` and `model.onnx` in `directory`, dynamic in batch size and history length (1..max_len)."""
+    """`model.pt2` and `model.onnx` in `directory`, dynamic in batch size and history length (1..max_len); the ONNX
+    model is converted from the same exported program (one trace, not two)."""
     dynamic = _dynamic_shapes(serving.names, max_len)
     with torch.no_grad():
         program = torch.export.export(serving, example, dynamic_shapes=dynamic)
@@ -108,7 +109,7 @@ def write_programs(serving: ServingModel, example: tuple[torch.Tensor, ...], max
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
             warnings.filterwarnings("ignore", category=FutureWarning)
-            onnx_program = torch.onnx.export(serving, example, dynamic_shapes=dynamic, input_names=serving.names,
+            onnx_program = torch.onnx.export(program, example, dynamic_shapes=dynamic, input_names=serving.names,
                                              output_names=OUTPUTS, dynamo=True, verbose=False)
     finally:
         onnx_log.setLevel(level)
