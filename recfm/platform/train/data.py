@@ -73,6 +73,11 @@ def in_memory_training_windows(prepared: Path, max_len: int, seed: int = 0, refi
     return training_windows(table, max_len, seed)
 
 
+def training_steps(rows: int, world: int, batch_size: int) -> int:
+    """Steps per training epoch over `rows` windows: full batches only, as many on every worker."""
+    return rows // (world * batch_size)
+
+
 def epoch_indices(rows: int, rank: int, world: int, batch_size: int, seed: int | None = None) -> Iterator[np.ndarray]:
     """This worker's share of `rows` row numbers as batches, as many on every worker (TorchRec's and DDP's
     collectives pair up across workers). With `seed` (training): a fresh permutation of all rows, every `world`-th
@@ -80,7 +85,7 @@ def epoch_indices(rows: int, rank: int, world: int, batch_size: int, seed: int |
     partial; the < `world` rows left over are not used."""
     if seed is not None:
         order = np.random.default_rng(seed).permutation(rows)[rank::world]
-        steps = rows // (world * batch_size)
+        steps = training_steps(rows, world, batch_size)
     else:
         share = rows // world
         order = np.arange(rank * share, (rank + 1) * share)

@@ -17,7 +17,7 @@ from recfm.fm.model import build_model
 from recfm.fm.objectives import TrainingObjective
 from recfm.platform.config import RecfmConfig
 from recfm.platform.train.checkpoint import load_checkpoint, save_checkpoint
-from recfm.platform.train.data import TrainingCollate, ValidationCollate, epoch_batches
+from recfm.platform.train.data import TrainingCollate, ValidationCollate, epoch_batches, training_steps
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.platform.train.state import read_state
 from recfm.platform.train.validation import validate
@@ -50,9 +50,11 @@ class FoundationJob(Job):
         epochs = t.refit_epochs if self.refit else t.epochs
         self.settings = LoopSettings(epochs, t.patience, 0 if self.refit else t.val_every,
                                      0.0 if self.refit else t.max_minutes or 0.0, SELECTION)
-        self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, config.get("steps_per_epoch"))
         self.rank, self.world = rank, world
         self.windows, self.val_table = config.get("windows"), config.get("val")  # windows: None when streamed
+        # the refit's cooldown by step needs the epoch's length (unknown when streamed: then by epoch)
+        steps = None if self.windows is None else training_steps(self.windows.num_rows, world, t.batch_size)
+        self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, steps)
         self.train_shard = ray.train.get_dataset_shard("train") if self.windows is None else None
         self.epoch, self.step = 0, 0
         if self.refit:

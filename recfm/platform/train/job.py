@@ -121,9 +121,7 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     if not refit:
         shared["val"] = validation_table(prepared, t.val_users, cfg.eval.seed)
     job = {"spec": spec, "run_dir": str(run_dir), "item_prob": str(run_dir / ITEM_PROB_FILE),
-           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None,
-           # the refit's cooldown needs its length in steps (unknown, so by epoch, when streamed)
-           "steps_per_epoch": None if t.stream_data else shared["windows"].num_rows // (t.batch_size * t.workers)}
+           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None}
     selection = None if refit else SELECTION
     with _ProgressPrinter(run_dir / (REFIT_METRICS_FILE if refit else METRICS_FILE), log):
         checkpoint = launch(cfg, run_dir, REFIT_RUN_NAME if refit else RAY_RUN_NAME, FoundationJob,
