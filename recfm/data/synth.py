@@ -3,7 +3,7 @@
 `synthesize` writes an imported-dataset directory (see `schema.py`) plus the ground truth:
 
     events/part-*.parquet, items.parquet, dataset.json   as an importer writes them (format "synth")
-    truth.parquet        one row per user: user_id, cluster, peak_hour, device, surface, events
+    truth.parquet        one row per user: user_id, cluster, context_cluster, peak_hour, device, surface, events
     truth_items.parquet  one row per item: item_id, cluster, successor, weight, duration
     truth.json           the generator's parameters (`SynthParams`), sizes and seed
 
@@ -11,9 +11,9 @@ The structure (probabilities and shapes are the fields of `SynthParams`):
 
 - Taste: items are split evenly at random into K clusters. Popularity is Zipf over a random global rank
   (weight (rank + 1) ** -zipf_a), so it is Zipf-like within each cluster as well.
-- Users: each has a main cluster (uniform), a peak hour of day (mostly evening), a preferred device
-  (tv/mobile/web/tablet, drawn from device_mix) and a preferred surface (homepage/search/row/
-  continue_watching, from surface_mix).
+- Users: each has a main cluster (uniform), a second one (uniform among the others; used with context), a peak
+  hour of day (mostly evening), a preferred device (tv/mobile/web/tablet, drawn from device_mix) and a preferred
+  surface (homepage/search/row/continue_watching, from surface_mix).
 - Sequence: each event after a user's first is, with probability p_next, the successor of the previous item
   (the next item in a fixed random cycle through the previous item's cluster); else, with p_cluster, an item
   of the user's cluster by popularity; else an item by global popularity. A first event is a cluster draw.
@@ -25,6 +25,13 @@ The structure (probabilities and shapes are the fields of `SynthParams`):
   that would overlap the one before is pushed later).
 - Device: one per session, the preferred one with probability p_device, else uniform. Surface: per event,
   the preferred one with probability p_surface, else uniform.
+- Context (off unless context_share > 0): each user also has a second taste cluster, and each session is, with
+  probability context_share, a "mobile morning" one (device mobile with probability p_device, hour around
+  08:00) whose cluster draws come from the second cluster; the others are on the user's preferred device (never
+  mobile here) near the user's peak hour, from the main cluster. A session's first event is never a successor:
+  a session start is a cluster draw, a continuation may follow the chain. So what the user watches next depends
+  on where, when and after how long a pause: an item-only model cannot tell, a model that knows the request's
+  context can.
 - Actions (`ACTIONS`) are drawn from action_in when the item is in the user's cluster, else action_out:
   completes and thumbs up are likelier in it. `value` is watch seconds: 90-100% of the item's duration for
   complete, 5-70% for play, null for the rest.
@@ -79,10 +86,14 @@ class SynthParams:
     surface_mix: tuple[float, ...] = (0.4, 0.15, 0.25, 0.2)  # in SURFACES order
     action_in: tuple[float, ...] = (0.45, 0.35, 0.08, 0.02, 0.10)  # in ACTIONS order
     action_out: tuple[float, ...] = (0.60, 0.15, 0.03, 0.10, 0.12)
+    context_share: float = 0.0  # share of sessions in the second-taste context (0: no context structure)
+    context_hour: int = 8
 
     def __post_init__(self) -> None:
         if min(self.p_next, self.p_cluster) < 0 or self.p_next + self.p_cluster > 1:
             raise ValueError("p_next and p_cluster must be probabilities summing to at most 1")
+        if not 0 <= self.context_share < 1:
+            raise ValueError("context_share must be in [0, 1)")
 
 
 def _peak_hour_probs() -> np.ndarray:
@@ -159,11 +170,17 @@ def synthesize(out: Path, users: int, items: int, events: int, seed: int = 0, cl
     cat = _Catalog(rng, items, clusters, p)
     user_cluster = rng.integers(0, clusters, users)
     peak = rng.choice(24, users, p=_peak_hour_probs())
-    device = rng.choice(len(DEVICES), users, p=np.asarray(p.device_mix) / sum(p.device_mix))
+    mix = np.asarray(p.device_mix, dtype=np.float64)
+    if p.context_share:  # the preferred device is never the context's (mobile)
+        mix[DEVICES.index("mobile")] = 0.0
+    device = rng.choice(len(DEVICES), users, p=mix / mix.sum())
     surface = rng.choice(len(SURFACES), users, p=np.asarray(p.surface_mix) / sum(p.surface_mix))
     join = np.floor(rng.random(users) * p.join_frac * p.days)
     counts = _lengths(rng, users, events, p.length_sigma)
-    users_arr = (user_cluster, peak, device, surface, join, counts)
+    # drawn last, so that data without context are what they were before the option existed
+    second = ((user_cluster + rng.integers(1, clusters, users)) % clusters if clusters > 1 and p.context_share
+              else np.full(users, -1))
+    users_arr = (user_cluster, peak, device, surface, join, counts, second)
 
     # blocks of consecutive users holding about BLOCK_EVENTS events each
     first_event = np.cumsum(counts) - counts
@@ -196,7 +213,7 @@ def synthesize(out: Path, users: int, items: int, events: int, seed: int = 0, cl
 def _block(rng: np.random.Generator, cat: _Catalog, p: SynthParams, u0: int, block: list[np.ndarray],
            schema: pa.Schema) -> pa.Table:
     """The events of one block of users, user by user, each in time order."""
-    user_cluster, peak, device, surface, join, counts = block
+    user_cluster, peak, device, surface, join, counts, second = block
     total = int(counts.sum())
     owner = np.repeat(np.arange(len(counts)), counts)  # user index within the block, per event
     first = np.zeros(total, bool)
@@ -205,33 +222,43 @@ def _block(rng: np.random.Generator, cat: _Catalog, p: SynthParams, u0: int, blo
 
     # items: draw the cluster and global picks, then resolve successor chains from their last drawn anchor
     r = rng.random(total)
-    is_next = (r < p.p_next) & ~first
+    u = rng.random(total)
+    new = first | (rng.random(total) < 1.0 / p.session_events)  # session starts
+    session = np.cumsum(new) - 1
+    s_owner = owner[new]
+    ns = len(s_owner)
+    in_context = np.zeros(ns, bool)
+    if p.context_share:
+        in_context = rng.random(ns) < p.context_share
+    taste = np.where(in_context[session], second[owner], user_cluster[owner])
+    is_next = (r < p.p_next) & ~(new if p.context_share else first)
     from_cluster = ~is_next & ((r < p.p_next + p.p_cluster) | first)
     from_global = ~is_next & ~from_cluster
-    u = rng.random(total)
     item = np.empty(total, np.int64)
-    item[from_cluster] = cat.draw_cluster(user_cluster[owner[from_cluster]], u[from_cluster])
+    item[from_cluster] = cat.draw_cluster(taste[from_cluster], u[from_cluster])
     item[from_global] = cat.draw_global(u[from_global])
     anchor = np.maximum.accumulate(np.where(is_next, 0, here))  # a user's first event is always an anchor
     item[is_next] = cat.advance(item[anchor[is_next]], (here - anchor)[is_next])
 
     # sessions: starts on uniform days after the user joined, near the peak hour, sorted within each user
-    new = first | (rng.random(total) < 1.0 / p.session_events)
-    session = np.cumsum(new) - 1
-    s_owner = owner[new]
-    ns = len(s_owner)
     day = join[s_owner] + np.floor(rng.random(ns) * (p.days - join[s_owner]))
-    hour = (peak[s_owner] + np.rint(rng.normal(0.0, p.peak_hour_sd, ns)).astype(np.int64)) % 24
+    if p.context_share:  # days in order first, so that each session keeps the hour of its own context
+        day = day[np.lexsort((day, s_owner))]
+    around = np.where(in_context, p.context_hour, peak[s_owner])
+    hour = (around + np.rint(rng.normal(0.0, p.peak_hour_sd, ns)).astype(np.int64)) % 24
     s_start = START_TS + day.astype(np.int64) * 86_400 + hour * 3_600 + rng.integers(0, 3_600, ns)
-    s_start = s_start[np.lexsort((s_start, s_owner))]  # sessions are exchangeable: give them in time order
+    if not p.context_share:
+        s_start = s_start[np.lexsort((s_start, s_owner))]  # sessions are exchangeable: give them in time order
     gap = np.where(new, 0, p.gap_min_s + rng.exponential(p.gap_mean_s, total).astype(np.int64))
     offset = np.cumsum(gap)
     ts = s_start[session] + offset - offset[new][session]
-    # strictly increasing per user: t'_i = max(t_i, t'_{i-1} + 1), via a running max of t - i per user
+    # strictly increasing per user: t'_i = max(t_i, t'_{i-1} + 1), via a running max of t - i per user (with
+    # context, a session drawn earlier on the day of the one before is pushed to follow it)
     shift = owner.astype(np.int64) << 36  # keeps each user's running max apart from the one before
     ts = np.maximum.accumulate(ts - here + shift) - shift + here
 
-    s_device = np.where(rng.random(ns) < p.p_device, device[s_owner], rng.integers(0, len(DEVICES), ns))
+    usual = np.where(in_context, DEVICES.index("mobile"), device[s_owner])
+    s_device = np.where(rng.random(ns) < p.p_device, usual, rng.integers(0, len(DEVICES), ns))
     ev_surface = np.where(rng.random(total) < p.p_surface, surface[owner], rng.integers(0, len(SURFACES), total))
     in_cluster = cat.cluster[item] == user_cluster[owner]
     cdf = np.cumsum([p.action_out, p.action_in], axis=1)
@@ -256,11 +283,12 @@ def _block(rng: np.random.Generator, cat: _Catalog, p: SynthParams, u0: int, blo
 
 def _write_truth(out: Path, cat: _Catalog, users_arr: tuple[np.ndarray, ...], p: SynthParams,
                  sizes: dict[str, int]) -> None:
-    user_cluster, peak, device, surface, _, counts = users_arr
+    user_cluster, peak, device, surface, _, counts, second = users_arr
     n_items = len(cat.cluster)
     pq.write_table(pa.table({
         "user_id": pa.array(np.arange(len(counts)), pa.int64()),
         "cluster": pa.array(user_cluster, pa.int32()),
+        "context_cluster": pa.array(second, pa.int32()),  # -1: no context structure
         "peak_hour": pa.array(peak, pa.int8()),
         "device": _labels(DEVICES, device),
         "surface": _labels(SURFACES, surface),

@@ -25,6 +25,9 @@ class SequenceBatch:
     targets: torch.Tensor | None = None  # int64 [users, T, K]: item at offset k+1 after each position, or -1
     next_action: torch.Tensor | None = None  # int64 [users, T]: action id of the next event, or -1
     next_gap: torch.Tensor | None = None  # int64 [users, T]: gap bucket of the next event, or -1
+    # request context (`tokenizer.context`), facet -> int64 ids + 1 (0 = not known): of the event each position
+    # predicts [users, T] in training; of each request's predicted event [users] for inference
+    context: dict[str, torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -35,7 +38,8 @@ class SequenceBatch:
             return None if t is None else t.to(device, non_blocking=True)
 
         return SequenceBatch({k: v.to(device, non_blocking=True) for k, v in self.features.items()},
-                             move(self.lengths), move(self.targets), move(self.next_action), move(self.next_gap))
+                             move(self.lengths), move(self.targets), move(self.next_action), move(self.next_gap),
+                             None if self.context is None else {k: move(v) for k, v in self.context.items()})
 
 
 def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int,
@@ -48,7 +52,7 @@ def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer,
     tokens, lengths = _tokens(rows, spans, tokenizer)
     window = np.maximum(lengths - 1, 0)  # the last event of a window is only a target
     keep = _first_of_each(lengths, window)
-    features = {name: torch.from_numpy(ids[keep]) for name, ids in tokens.items()}
+    features = {name: torch.from_numpy(tokens[name][keep]) for name in tokenizer.names}
 
     users, width = len(spans), max(int(window.max(initial=0)), 1)
     items = _padded(tokens["item"], lengths, width + mtp)
@@ -63,23 +67,39 @@ def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer,
         if name in tokens:
             nxt = _padded(tokens[name], lengths, width + 1)[:, 1:width + 1]
             setattr(batch, attr, torch.from_numpy(np.where(in_window, nxt, -1)))
+    if tokenizer.context:
+        batch.context = {name: torch.from_numpy(np.where(in_window, _padded(tokens[name] + 1, lengths, width + 1)
+                                                         [:, 1:width + 1], 0)) for name in tokenizer.context_names}
     return batch
 
 
-def inference_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int) -> SequenceBatch:
-    """The last `max_len` of each user's first `known[u]` events (the previous one too, for its gap)."""
-    spans = [(max(0, int(n) - max_len - 1), int(n)) for n in known]
+def inference_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer, max_len: int,
+                    next_context: bool = False) -> SequenceBatch:
+    """The last `max_len` of each user's first `known[u]` events (the previous one too, for its gap).
+
+    With `tokenizer.context`, each request's context is not known, or with `next_context` that of the user's
+    event after the history where there is one (an evaluation's target: its hour, device, gap..., never its item).
+    """
+    total = np.array([len(items) for items in rows["item"]], dtype=np.int64)
+    has_next = np.asarray(known, dtype=np.int64) < total if next_context and tokenizer.context else total < 0
+    spans = [(max(0, int(n) - max_len - 1), int(n) + int(h)) for n, h in zip(known, has_next, strict=True)]
     tokens, lengths = _tokens(rows, spans, tokenizer)
-    kept = np.minimum(lengths, max_len)
-    keep = _last_of_each(lengths, kept)
-    return SequenceBatch({name: torch.from_numpy(ids[keep]) for name, ids in tokens.items()},
-                         torch.from_numpy(kept))
+    history = lengths - has_next
+    kept = np.minimum(history, max_len)
+    keep = _last_of_each(lengths, kept + has_next) & ~_last_of_each(lengths, has_next.astype(np.int64))
+    batch = SequenceBatch({name: torch.from_numpy(ids[keep]) for name, ids in tokens.items()
+                           if name in tokenizer.names}, torch.from_numpy(kept))
+    if tokenizer.context:
+        last = np.maximum(np.cumsum(lengths) - 1, 0)
+        batch.context = {name: torch.from_numpy(np.where(has_next, tokens[name][last] + 1 if len(tokens[name])
+                                                         else 0, 0)) for name in tokenizer.context_names}
+    return batch
 
 
 def _tokens(rows: UserRows, spans: list[tuple[int, int]],
             tokenizer: EventTokenizer) -> tuple[dict[str, np.ndarray], np.ndarray]:
     lengths = np.array([b - a for a, b in spans], dtype=np.int64)
-    needed = {"item", "ts", "value"} | {n for n in tokenizer.names if n in rows}
+    needed = {"item", "ts", "value"} | {n for n in tokenizer.names + tokenizer.context_names if n in rows}
     events = {c: np.concatenate([rows[c][u][a:b] for u, (a, b) in enumerate(spans)]) if spans else np.zeros(0)
               for c in needed if c in rows}
     return tokenizer.tokenize(events, lengths), lengths

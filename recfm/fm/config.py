@@ -43,6 +43,11 @@ class ModelConfig:
     facets: list[str] = field(default_factory=lambda: ["all"])
     """facets used as token inputs; [all] = item + every categorical facet in the data + hour, day, gap (when the data
     has real time) + engagement (when it has values); [item] alone gives an ID-only model"""
+    context: list[str] = field(default_factory=list)
+    """request context: facets of the predicted event known before its item (hour, day, gap, surface, device),
+    mixed into the next-item query (`recfm.fm.context`); [all] = every one the data has; [] = none"""
+    context_dropout: float = 0.1
+    """training: share of context facet ids hidden, so that an unknown context is the average one"""
     engagement_buckets: int = 8
     """value quantile buckets for the engagement facet"""
     gap_buckets: int = 32
@@ -84,6 +89,8 @@ class ModelConfig:
             raise ModelConfigError("model.freq_mix must be in [0, 1]")
         if not 0 <= self.id_dropout < 1 or self.semantic_levels < 0 or self.semantic_codes < 2:
             raise ModelConfigError("model: 0 <= id_dropout < 1, semantic_levels >= 0, semantic_codes >= 2")
+        if not 0 <= self.context_dropout < 1:
+            raise ModelConfigError("model.context_dropout must be in [0, 1)")
         if self.new_item_neighbours < 0 or not self.new_item_temperature > 0:
             raise ModelConfigError("model: new_item_neighbours >= 0, new_item_temperature > 0")
         if self.semantic_levels and not self.content:

@@ -9,6 +9,8 @@
 With `model.content`, an item's vector is its ID embedding plus what its content adds (`recfm.fm.content`),
 the same for the items of the history, the candidates and the catalog scored.
 
+With `model.context`, the query for the next item is conditioned on the request's context (`recfm.fm.context`).
+
 The item table also serves the feature "candidate": the items a step scores are looked up through the same
 (sharded) table as the history, so the output layer is tied to the input embeddings and no rank ever needs
 the whole table; likewise the feature "borrowed", the ID embeddings that items without their own borrow from
@@ -27,6 +29,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 from recfm.fm.batching import SequenceBatch
 from recfm.fm.config import ModelConfig
 from recfm.fm.content import ItemContent
+from recfm.fm.context import RequestContext
 from recfm.fm.tokens import EventTokenizer
 from recfm.fm.transformer import Transformer
 
@@ -70,6 +73,9 @@ class UserFoundationModel(nn.Module):
         for head in self.offset_heads:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        # the next item's query also knows the request's context, where `model.context` names facets
+        self.request_context = RequestContext(tokenizer.context, cfg.dim, cfg.context_dropout
+                                              ) if tokenizer.context else None
         # auxiliary facet targets exist only when trained (DDP refuses parameters that get no gradient)
         sizes = {f.name: f.size for f in tokenizer.facets}
         self.action_head = nn.Linear(cfg.dim, sizes["action"]) if action_head and "action" in sizes else None
@@ -107,9 +113,13 @@ class UserFoundationModel(nn.Module):
             out = self._items(candidates, embedded[CANDIDATE].values(), missing[1], lent[1])
         return ModelOutput(hidden, user, out)
 
-    def query(self, hidden: torch.Tensor, offset: int) -> torch.Tensor:
-        """The vector scored against item embeddings to predict the item `offset` steps ahead."""
-        return hidden if offset == 1 else hidden + self.offset_heads[offset - 2](hidden)
+    def query(self, hidden: torch.Tensor, offset: int, context: dict[str, torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        """The vector scored against item embeddings to predict the item `offset` steps ahead; the next item's
+        in its request `context` (ids shaped as `hidden` without its last dimension, 0 = not known)."""
+        if offset > 1:
+            return hidden + self.offset_heads[offset - 2](hidden)
+        return hidden if self.request_context is None else self.request_context(hidden, context)
 
     def _features(self, batch: SequenceBatch, candidates: torch.Tensor,
                   borrowed: torch.Tensor) -> KeyedJaggedTensor:
@@ -146,7 +156,7 @@ class UserFoundationModel(nn.Module):
 
     def user_vectors(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """[B, D]: what `score_items` scores the item table with, for the item `offset` steps ahead."""
-        return self.query(self(batch).user, offset)
+        return self.query(self(batch).user, offset, batch.context)
 
     def score_items(self, batch: SequenceBatch, offset: int = 1) -> torch.Tensor:
         """Scores of every catalog item for each user in `batch` [B, items] (unsharded model only)."""

@@ -127,7 +127,7 @@ class TrainingObjective(nn.Module):
     def forward(self, batch: SequenceBatch, candidates: torch.Tensor | None = None):
         if candidates is not None:
             out = self.model(batch, candidates)
-            return self.model.query(out.user, 1), out.candidate_emb
+            return self.model.query(out.user, 1, batch.context), out.candidate_emb
         cfg = self.cfg
         cands = choose_candidates(batch.targets, self.model.n_items, cfg.loss, cfg.negatives,
                                   self.item_prob if cfg.logq and len(self.item_prob) else None, self.generator)
@@ -138,8 +138,9 @@ class TrainingObjective(nn.Module):
         for k, weight in enumerate(cfg.offset_weights(), start=1):
             targets = batch.targets[:, :, k - 1]
             mask = targets >= 0
-            loss, _ = next_item_loss(self.model.query(out.hidden[mask], k), targets[mask], out.candidate_emb,
-                                     cands, cfg.temperature, cfg.label_smoothing)
+            context = {n: ids[mask] for n, ids in batch.context.items()} if k == 1 and batch.context else None
+            loss, _ = next_item_loss(self.model.query(out.hidden[mask], k, context), targets[mask],
+                                     out.candidate_emb, cands, cfg.temperature, cfg.label_smoothing)
             total = total + weight * loss
             parts[f"item@{k}"] = loss.detach()
         for name, head, labels, weight in (

@@ -9,15 +9,20 @@ extra ones, coded 0 = missing) or are derived here from `ts` and `value`:
     engagement  quantile bucket of `value` (rating, watch seconds) fitted on training events; 0 = missing
 
 Gaps need the previous event, so tokenize whole (prefix) sequences first and cut windows afterwards.
+
+Request context: the facets of an event that are known before its item is (`CONTEXT`: when, where, on what, how
+long since the user's last event) can also condition the prediction of that event's item (`model.context`). The
+tokenizer codes them as for the inputs; batches shift them by one, so that 0 means "not known".
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 DERIVED = ("hour", "day", "gap", "engagement")
+CONTEXT = ("hour", "day", "gap", "surface", "device")  # never item, action or engagement: those are outcomes
 _SECONDS_PER_DAY = 86_400
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 
@@ -38,15 +43,22 @@ class EventTokenizer:
     facets: list[Facet]
     gap_buckets: int = 32
     value_edges: list[float] | None = None  # engagement bucket edges (quantiles of training values)
+    context: list[Facet] = field(default_factory=list)  # the request-time facets the prediction is conditioned on
 
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.facets]
 
+    @property
+    def context_names(self) -> list[str]:
+        return [f.name for f in self.context]
+
     @classmethod
     def from_data(cls, wanted: list[str], n_items: int, vocab: dict[str, list], has_time: bool,
-                  train_values: np.ndarray, gap_buckets: int = 32, engagement_buckets: int = 8) -> EventTokenizer:
-        """Facets for `wanted` (["all"] = every informative one) given what the data holds."""
+                  train_values: np.ndarray, gap_buckets: int = 32, engagement_buckets: int = 8,
+                  context: list[str] = ()) -> EventTokenizer:
+        """Facets for `wanted` (["all"] = every informative one) given what the data holds, and the request
+        context `context` (["all"] = every facet of `CONTEXT` the data has)."""
         values = train_values[np.isfinite(train_values)]
         available = {"item": n_items}
         available |= {name: len(codes) for name, codes in vocab.items() if len(codes) > 2 or "all" not in wanted}
@@ -61,14 +73,43 @@ class EventTokenizer:
         if missing:
             raise ValueError(f"model.facets names {missing}, which this data does not have "
                              f"(available: {', '.join(available)})")
-        return cls([Facet(n, available[n]) for n in names], gap_buckets, edges)
+        if "all" in context:
+            context = [n for n in CONTEXT if n in available]
+        wrong = [n for n in context if n not in CONTEXT or n not in available]
+        if wrong:
+            usable = [n for n in CONTEXT if n in available]
+            raise ValueError(f"model.context names {wrong}; the request-time facets this data has are "
+                             f"{', '.join(usable) or 'none'}")
+        return cls([Facet(n, available[n]) for n in names], gap_buckets, edges,
+                   [Facet(n, available[n]) for n in context])
 
     def tokenize(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> dict[str, np.ndarray]:
         """Facet ids (int64) for flat per-event arrays of consecutive sequences with the given lengths."""
         out = {}
-        for facet in self.facets:
+        for facet in self.facets + self.context:
             ids = getattr(self, f"_{facet.name}")(events, lengths) if facet.name in DERIVED else events[facet.name]
             out[facet.name] = np.asarray(ids, dtype=np.int64)
+        return out
+
+    def request_context(self, ts: np.ndarray, previous_ts: np.ndarray,
+                        codes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Context ids (+1; 0 = not known) of requests made at `ts` by users whose latest event was at
+        `previous_ts` (-1: none), on the categorical `codes` given (surface, device...; absent ones not known)."""
+        ts = np.asarray(ts, dtype=np.int64)
+        previous_ts = np.asarray(previous_ts, dtype=np.int64)
+        out = {}
+        for name in self.context_names:
+            if name == "hour":
+                out[name] = (ts // 3600) % 24 + 1
+            elif name == "day":
+                out[name] = (ts // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7 + 1
+            elif name == "gap":
+                bucket = gap_bucket(ts - previous_ts, self.gap_buckets).astype(np.int64)
+                out[name] = np.where(previous_ts >= 0, bucket, 0) + 1
+            elif codes is not None and name in codes:
+                out[name] = np.asarray(codes[name], dtype=np.int64) + 1
+            else:
+                out[name] = np.zeros(len(ts), dtype=np.int64)
         return out
 
     def _hour(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
@@ -94,4 +135,5 @@ class EventTokenizer:
 
     @classmethod
     def from_dict(cls, raw: dict) -> EventTokenizer:
-        return cls([Facet(**f) for f in raw["facets"]], raw["gap_buckets"], raw["value_edges"])
+        return cls([Facet(**f) for f in raw["facets"]], raw["gap_buckets"], raw["value_edges"],
+                   [Facet(**f) for f in raw.get("context", [])])

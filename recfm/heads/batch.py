@@ -37,7 +37,16 @@ def history_batch(examples: HeadExamples, log: EventLog, tokenizer: EventTokeniz
     """The FM's input: the histories of the examples with a known user with history (which: the bool array)."""
     has_user = (examples.user >= 0) & (examples.known > 0)
     rows = rows_from_arrays(log.offsets, log.events, examples.user[has_user])
-    return inference_batch(rows, examples.known[has_user], tokenizer, max_len), has_user
+    batch = inference_batch(rows, examples.known[has_user], tokenizer, max_len)
+    if tokenizer.context:  # the request's own context: its time, surface and device, and the pause before it
+        last = np.array([ts[k - 1] for ts, k in zip(rows["ts"], examples.known[has_user], strict=True)],
+                        dtype=np.int64)
+        ids = tokenizer.request_context(examples.ts[has_user], last, {
+            "surface": examples.surface[has_user], "device": examples.device[has_user]})
+        if "hour" in ids:  # a served request may name its hour (its time is when it is served)
+            ids["hour"] = examples.hour[has_user].astype(np.int64) + 1
+        batch.context = {name: torch.from_numpy(v) for name, v in ids.items()}
+    return batch, has_user
 
 
 def heads_batch(examples: HeadExamples, log: EventLog, signals: CatalogSignals | SignalTimeline,

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--events", type=int, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--clusters", type=int, default=20, help="taste clusters")
+    synth.add_argument("--context-share", type=float, default=0.0,
+                       help="share of sessions in a second, context-bound taste (mobile mornings; 0 = none)")
     synth.add_argument("--out", required=True)
     synth.set_defaults(run=_synth)
 
@@ -260,10 +262,11 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from recfm.data.synth import synthesize
+    from recfm.data.synth import SynthParams, synthesize
 
     start = time.perf_counter()
-    info = synthesize(Path(args.out), args.users, args.items, args.events, args.seed, args.clusters, progress=True)
+    info = synthesize(Path(args.out), args.users, args.items, args.events, args.seed, args.clusters, progress=True,
+                      params=SynthParams(context_share=args.context_share))
     print(f"wrote {info.events:,} events of {args.users:,} users on {info.items:,} items to {args.out} "
           f"in {time.perf_counter() - start:.1f} s")
 

@@ -7,6 +7,7 @@
         ray/train/, ray/refit/ Ray Train's runs: checkpoints       best_checkpoint, final_checkpoint  links
         metrics.jsonl, refit_metrics.jsonl, tb/                    the training curves
         results.md, results.json                                   the test table
+        test_ranks.npz         every row's rank of each test target, and the request's user (paired comparisons)
         heads/   heads.pt, heads.json, signals.npz, test_ranks.npz, results.*, metrics.jsonl, tb/
         distill/ student.pt, student.json, results.*, metrics.jsonl, tb/
         export/<kind>/  manifest.json and the files
@@ -29,6 +30,7 @@ METRICS_FILE = "metrics.jsonl"
 REFIT_METRICS_FILE = "refit_metrics.jsonl"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+TEST_RANKS_FILE = "test_ranks.npz"  # "users" (one per test request), then one array of ranks per table row
 
 HEADS_DIR = "heads"
 HEADS_WEIGHTS_FILE = "heads.pt"

@@ -3,7 +3,8 @@ and what export traces, for a student or for a (gathered) teacher.
 
     facet ids [B, T] per facet (right-padded)
         --one nn.Embedding per facet--> sum, or concat + project; LayerNorm --> causal Transformer
-        --the last real position (or its mean over layers)--> user vector [B, D] --@ item table--> scores
+        --the last real position (or its mean over layers)--> user vector [B, D]
+        --with `model.context`: mixed with the request's context (`recfm.fm.context`)--> query --@ item table--> scores
 
 It computes what `recfm.fm.model.UserFoundationModel` computes (its TorchRec tables, copied by
 `from_foundation`), on padded ids instead of a KeyedJaggedTensor: torch.export and ONNX take dense tensors.
@@ -19,6 +20,7 @@ from torch import nn
 from recfm.data.ragged import positions
 from recfm.fm.batching import SequenceBatch
 from recfm.fm.config import ModelConfig
+from recfm.fm.context import RequestContext
 from recfm.fm.model import UserFoundationModel, table_name
 from recfm.fm.tokens import EventTokenizer
 from recfm.fm.transformer import Transformer
@@ -37,6 +39,8 @@ class DenseSequenceModel(nn.Module):
         self.token_dropout = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.max_len,
                                        cfg.positions, cfg.window, cfg.freq_mix)
+        self.request_context = RequestContext(tokenizer.context, cfg.dim, cfg.context_dropout
+                                              ) if tokenizer.context else None
 
     @classmethod
     def from_foundation(cls, fm: UserFoundationModel) -> DenseSequenceModel:
@@ -66,9 +70,14 @@ class DenseSequenceModel(nn.Module):
         last = (lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, states.shape[-1])
         return states.gather(1, last)[:, 0]
 
+    def query(self, states: torch.Tensor, context: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """The next item's query from user representations [.., D] in their request `context` (ids shaped [..],
+        0 = not known; None: nothing known); the representations themselves without `model.context`."""
+        return states if self.request_context is None else self.request_context(states, context)
+
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """User vectors [B, D] for a (jagged) `SequenceBatch`, as the FM's evaluation and training read it."""
-        return self.encode(padded_ids(batch), batch.lengths)
+        """Next-item queries [B, D] for a (jagged) `SequenceBatch` in its context, as the FM's evaluation reads it."""
+        return self.query(self.encode(padded_ids(batch), batch.lengths), batch.context)
 
     def item_table(self) -> torch.Tensor:
         return self.tables["item"].weight

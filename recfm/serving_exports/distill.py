@@ -31,9 +31,10 @@ class DistillationObjective(nn.Module):
         ids = padded_ids(batch)
         target = batch.targets[:, :, 0]  # the next item after each position, -1 where there is none
         where = target >= 0
-        student = self.student.states(ids, batch.lengths)[where]
+        context = {n: c[where] for n, c in batch.context.items()} if batch.context else None
+        student = self.student.query(self.student.states(ids, batch.lengths)[where], context)
         with torch.no_grad():
-            teacher = self.teacher.states(ids, batch.lengths)[where]
+            teacher = self.teacher.query(self.teacher.states(ids, batch.lengths)[where], context)
         target = target[where]
         s_items, t_items = self.student.item_table(), self.teacher.item_table()
         if self.candidates:

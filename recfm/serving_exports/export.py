@@ -31,7 +31,7 @@ from recfm.run.files import EXPORT_DIR, MANIFEST
 from recfm.run.run import Run
 from recfm.serving_exports.dense import DenseSequenceModel
 from recfm.serving_exports.embeddings import data_cutoff
-from recfm.serving_exports.serving import ServingModel, input_names, serving_inputs
+from recfm.serving_exports.serving import ServingModel, input_names, per_user, serving_inputs
 from recfm.serving_exports.student import load_student
 
 FORMAT_VERSION = 1
@@ -83,6 +83,7 @@ def export_run(run: Run, model: DenseSequenceModel, reference, kind: str, out: P
         "max_events": model.cfg.max_len, "embedding_dim": model.cfg.dim, "items": int(item_table.shape[0]),
         "vocab_sizes": {f.name: f.size for f in model.tokenizer.facets},
         "tokenizer": {"gap_buckets": model.tokenizer.gap_buckets, "value_edges": model.tokenizer.value_edges},
+        "context": model.tokenizer.context_names,  # request_* inputs: -1 = not known (the average context)
         "data_cutoff": data_cutoff(seqs), "metrics": metrics,
         "parity": {"requests": len(users), "max_abs_diff": parity, "tolerance": tolerance},
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -128,11 +129,12 @@ def check_parity(directory: Path, serving: ServingModel, reference, run: Run, na
     tokenizer = serving.model.tokenizer
     for s in range(0, len(users), batch):
         u, k = users[s:s + batch], known[s:s + batch]
-        arrays = serving_inputs(names, seqs.offsets, seqs.events, u, k, max_len)
+        # each request in the context of the user's next event, where there is one (not known where not)
+        arrays = serving_inputs(names, seqs.offsets, seqs.events, u, k, max_len, next_context=True)
         tensors = _tensors(arrays)
         with torch.no_grad():
             expected = reference(inference_batch(rows_from_arrays(seqs.offsets, seqs.events, u), k, tokenizer,
-                                                 max_len))
+                                                 max_len, next_context=True))
             got = {"eager": serving(*(tensors[n] for n in names))[0],
                    "torch_export": program(*(tensors[n] for n in names))[0],
                    "onnxruntime": torch.from_numpy(session.run(["scores"], arrays)[0])}
@@ -159,13 +161,12 @@ def _dynamic_shapes(names: list[str], max_len: int) -> tuple:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     events = torch.export.Dim("events", min=1, max=max_len)
     # one entry: `ServingModel.forward` takes its columns as *args
-    return (tuple({0: batch} if n in ("lengths", "prev_ts") else {0: batch, 1: events} for n in names),)
+    return (tuple({0: batch} if per_user(n) else {0: batch, 1: events} for n in names),)
 
 
 def _input_spec(name: str) -> dict:
-    per_user = name in ("lengths", "prev_ts")
     return {"name": name, "dtype": "float32" if name == "value" else "int64",
-            "shape": ["batch"] if per_user else ["batch", "events"]}
+            "shape": ["batch"] if per_user(name) else ["batch", "events"]}
 
 
 def export_trained(run_dir: Path, kind: str = "student", out: Path | None = None, log=print) -> dict:

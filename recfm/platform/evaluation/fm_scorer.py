@@ -52,7 +52,8 @@ class FoundationScorer:
 
     def _batch(self, users: np.ndarray, prefixes: np.ndarray) -> SequenceBatch:
         rows = rows_from_arrays(self.seqs.offsets, self.seqs.events, users)
-        return inference_batch(rows, prefixes, self.model.tokenizer, self.model.cfg.max_len)
+        # a request's context (its target's hour, device, gap...) is known when it is made; its item is not
+        return inference_batch(rows, prefixes, self.model.tokenizer, self.model.cfg.max_len, next_context=True)
 
     def params(self) -> dict:
         if getattr(self.model, "content", None) is None:

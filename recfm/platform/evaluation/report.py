@@ -13,7 +13,7 @@ import numpy as np
 from recfm.data.prepare import PreparedInfo
 from recfm.platform.evaluation.harness import ModelResult
 from recfm.ranking.metrics import rank_metrics
-from recfm.run.files import RESULTS_JSON, RESULTS_MD
+from recfm.run.files import RESULTS_JSON, RESULTS_MD, TEST_RANKS_FILE
 
 
 def markdown(head: list[str], rows: list[list[str]], align: str) -> str:
@@ -65,9 +65,16 @@ def protocol_line(info: PreparedInfo, users: int) -> str:
 
 
 def write_results(out: Path, results: list[ModelResult], info: PreparedInfo, ks: list[int],
-                  notes: list[str] | None = None, cold: np.ndarray | None = None) -> str:
+                  notes: list[str] | None = None, cold: np.ndarray | None = None,
+                  request_users: np.ndarray | None = None) -> str:
     """Writes results.json and results.md into `out`; returns the markdown. `cold` marks the test requests whose
-    target is a held-out cold item: then a second table splits every model's figures into warm and cold."""
+    target is a held-out cold item: then a second table splits every model's figures into warm and cold. With
+    `request_users` (each test request's user), every row's ranks go to test_ranks.npz as well, so that runs on
+    the same split can be compared user by user (`recfm.platform.evaluation.significance`)."""
+    if request_users is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(Path(out) / TEST_RANKS_FILE, users=np.asarray(request_users),
+                            **{r.name: r.ranks for r in results if r.ranks is not None})
     users = int(results[0].metrics["users"]) if results else 0
     text = markdown_table(results, ks) + "\n\n" + protocol_line(info, users) + "\n"
     subsets = {}

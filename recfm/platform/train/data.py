@@ -162,7 +162,7 @@ class ValidationCollate(NumpyBatchCollateFn):
         targets = np.array([items[k] for items, k in zip(rows["item"], known, strict=True)], dtype=np.int64)
         history = [items[:k] for items, k in zip(rows["item"], known, strict=True)]
         return ValidationBatch(
-            inference_batch(rows, known, self.tokenizer, self.max_len), torch.from_numpy(targets),
+            inference_batch(rows, known, self.tokenizer, self.max_len, next_context=True), torch.from_numpy(targets),
             torch.from_numpy(np.repeat(np.arange(len(history)), [len(h) for h in history])),
             torch.from_numpy(np.concatenate(history).astype(np.int64)))
 

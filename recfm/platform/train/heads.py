@@ -214,7 +214,7 @@ def test_heads(run: TrainedRun, model: HeadsModel, hc: HeadsConfig,
     def fm_scores(batch):
         scores = torch.full((len(batch.task), seqs.n_items), 0.0)
         if bool(batch.has_user.any()):
-            scores[batch.has_user] = fm.query(fm(batch.history).user, 1) @ fm.item_table().T
+            scores[batch.has_user] = fm.user_vectors(batch.history) @ fm.item_table().T
         return scores
 
     def ease_scores(batch):

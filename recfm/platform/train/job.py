@@ -26,6 +26,7 @@ from recfm.platform.evaluation.fm_scorer import FoundationScorer, choose_new_ite
 from recfm.platform.evaluation.harness import (
     PROTOCOL_VERSION,
     ModelResult,
+    evaluation_requests,
     run_baselines,
     tune_and_test,
 )
@@ -62,7 +63,8 @@ def test_run(cfg: RecfmConfig, run_dir: Path, seqs: Sequences, spec: dict, best:
     results.append(test_fm(fm, cfg, seqs, baselines=results))
     blend = blend_with_ease(results, fm, cfg, seqs, log)
     results += [blend] if blend is not None else []
-    log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs)))
+    users = evaluation_requests(seqs, "test", cfg.eval.seed)[0]
+    log(write_results(run_dir, results, seqs.info, cfg.eval.ks, notes, cold_targets(seqs), users))
     return results
 
 
@@ -72,7 +74,7 @@ def write_model_spec(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, log=print
     known = seqs.known_mask("val")  # fit tokenizer buckets and sampling probabilities on training events only
     tokenizer = EventTokenizer.from_data(cfg.model.facets, seqs.n_items, seqs.vocab, seqs.info.has_time,
                                          seqs.events["value"][known], cfg.model.gap_buckets,
-                                         cfg.model.engagement_buckets)
+                                         cfg.model.engagement_buckets, cfg.model.context)
     spec = model_spec(cfg.model, tokenizer, cfg.objective.mtp, cfg.objective.action_weight > 0,
                       cfg.objective.gap_weight > 0)
     (run_dir / MODEL_FILE).write_text(json.dumps(spec, indent=1) + "\n")

@@ -144,3 +144,30 @@ def test_too_few_events_is_refused(tmp_path: Path) -> None:
         synthesize(tmp_path, users=100, items=50, events=299)
     info = synthesize(tmp_path, users=100, items=50, events=300)  # exactly 3 each is enough
     assert info.events == 300 and np.all(np.bincount(_events(tmp_path)["user_id"].to_numpy()) == 3)
+
+
+def test_context_sessions_draw_from_the_second_taste_and_session_starts_never_follow_the_chain(
+        tmp_path: Path) -> None:
+    share = 0.5
+    synthesize(tmp_path, USERS, ITEMS, EVENTS, seed=7, clusters=K, params=SynthParams(context_share=share))
+    c = {name: col.to_numpy(zero_copy_only=False) for name, col in zip(
+        *(lambda t: (t.column_names, t.columns))(_events(tmp_path)), strict=True)}
+    users = pq.read_table(tmp_path / synth.TRUTH_FILE).to_pandas()
+    items = pq.read_table(tmp_path / synth.TRUTH_ITEMS_FILE).to_pandas()
+    second = users["context_cluster"].to_numpy()[c["user_id"]]
+    main = users["cluster"].to_numpy()[c["user_id"]]
+    assert (second != main).all() and (users["device"] != "mobile").all()
+    cluster = items["cluster"].to_numpy()[c["item_id"]]
+    hour = (c["ts"] - synth.START_TS) % 86_400 // 3_600
+    morning_mobile = (c["device"] == "mobile") & (abs(hour - 8) <= 2)
+    evening_tv = (c["device"] != "mobile") & (abs(hour - 8) > 3)
+    assert (cluster[morning_mobile] == second[morning_mobile]).mean() > 0.6
+    assert (cluster[morning_mobile] == main[morning_mobile]).mean() < 0.1
+    assert (cluster[evening_tv] == main[evening_tv]).mean() > 0.6
+    # a long pause starts a session, whose first item is never its predecessor's successor
+    same = _same_user(c)
+    gap = np.diff(c["ts"])
+    follows = items["successor"].to_numpy()[c["item_id"][:-1]] == c["item_id"][1:]
+    assert follows[same & (gap > 6 * 3_600)].mean() < 0.03
+    assert follows[same & (gap < 3_600)].mean() > 0.3
+

@@ -21,6 +21,9 @@ from recfm.serving_exports.serving import ServingModel, serving_inputs
 MAX_LEN = 8
 TOKENIZER = EventTokenizer([Facet("item", 50), Facet("action", 3), Facet("hour", 24), Facet("day", 7),
                             Facet("gap", 32), Facet("engagement", 5)], gap_buckets=32, value_edges=[1.5, 2.5, 3.5])
+# the same inputs, and each request's hour, day, gap and device as its context
+CONTEXT_TOKENIZER = EventTokenizer(TOKENIZER.facets, 32, [1.5, 2.5, 3.5],
+                                   [Facet("hour", 24), Facet("day", 7), Facet("gap", 32), Facet("device", 3)])
 
 
 def _events(users: int = 40, seed: int = 0):
@@ -32,15 +35,20 @@ def _events(users: int = 40, seed: int = 0):
     gaps = (2.0 ** rng.uniform(0, 30, n)).astype(np.int64)
     ts = 1_500_000_000 + np.concatenate([np.cumsum(gaps[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
     value = rng.choice([1.0, 1.5, 2.0, 3.5, 4.0, np.nan], n)
-    events = {"item": rng.integers(0, 50, n), "action": rng.integers(0, 3, n), "ts": ts, "value": value}
+    events = {"item": rng.integers(0, 50, n), "action": rng.integers(0, 3, n), "ts": ts, "value": value,
+              "device": rng.integers(0, 3, n)}
     return offsets, events, lengths
 
 
-def _fm(content: bool = False) -> UserFoundationModel:
+def _fm(content: bool = False, context: bool = False) -> UserFoundationModel:
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, layers=2, heads=2, max_len=MAX_LEN, dropout=0.0, item_init_std=0.5, content=content,
                       content_dim=12, semantic_levels=2 if content else 0, semantic_codes=4)
-    fm = UserFoundationModel(cfg, TOKENIZER)
+    fm = UserFoundationModel(cfg, CONTEXT_TOKENIZER if context else TOKENIZER)
+    if context:  # a trained mix: the context changes the scores (an untrained one starts at zero)
+        torch.nn.init.normal_(fm.request_context.mix[-1].weight, std=0.5)
+        for table in fm.request_context.tables.values():
+            torch.nn.init.normal_(table.weight)
     if content:  # text vectors, semantic IDs, and a few cold items (content alone)
         vectors = np.random.default_rng(1).normal(size=(fm.n_items, 12)).astype(np.float32)
         fm.content.load(vectors, np.arange(fm.n_items) % 5 > 0, fit_residual_kmeans(vectors, 2, 4))
@@ -48,14 +56,15 @@ def _fm(content: bool = False) -> UserFoundationModel:
 
 
 def _reference(model, offsets, events, users, known):
-    batch = inference_batch(rows_from_arrays(offsets, events, users), known, model.tokenizer, MAX_LEN)
+    batch = inference_batch(rows_from_arrays(offsets, events, users), known, model.tokenizer, MAX_LEN,
+                            next_context=True)
     with torch.no_grad():
         return model.score_items(batch)
 
 
-@pytest.mark.parametrize("content", [False, True])
-def test_the_dense_copy_and_the_serving_graph_score_as_the_fm_does(content):
-    fm = _fm(content)
+@pytest.mark.parametrize(("content", "context"), [(False, False), (True, False), (False, True)])
+def test_the_dense_copy_and_the_serving_graph_score_as_the_fm_does(content, context):
+    fm = _fm(content, context)
     dense = DenseSequenceModel.from_foundation(fm)
     serving = ServingModel(dense)
     offsets, events, lengths = _events()
@@ -63,15 +72,27 @@ def test_the_dense_copy_and_the_serving_graph_score_as_the_fm_does(content):
     known = np.maximum(1, lengths - np.arange(len(lengths)) % 3)  # full histories and shorter prefixes
     expected = _reference(fm, offsets, events, users, known)
     assert float((_reference(dense, offsets, events, users, known) - expected).abs().max()) < 1e-5
-    arrays = serving_inputs(serving.names, offsets, events, users, known, MAX_LEN)
+    arrays = serving_inputs(serving.names, offsets, events, users, known, MAX_LEN, next_context=True)
     assert (arrays["prev_ts"] >= 0).any() and (arrays["prev_ts"] < 0).any()  # windows cut and whole
+    if context:  # requests with a next event (its context known) and without (not known)
+        assert (arrays["request_ts"] >= 0).any() and (arrays["request_ts"] < 0).any()
+        blind = _reference_without_context(fm, offsets, events, users, known)  # every context not known
+        assert not torch.allclose(expected[known < lengths], blind[known < lengths], atol=1e-3)
+        assert torch.allclose(expected[known == lengths], blind[known == lengths], atol=1e-6)
     with torch.no_grad():
         scores, _ = serving(*(torch.from_numpy(arrays[n]) for n in serving.names))
     assert float((scores - expected).abs().max()) < 1e-5  # the in-graph tokens are recfm's tokens
 
 
-def test_torch_export_and_onnx_agree_with_eager_for_any_batch_and_length(tmp_path):
-    serving = ServingModel(DenseSequenceModel.from_foundation(_fm()))
+def _reference_without_context(model, offsets, events, users, known):
+    batch = inference_batch(rows_from_arrays(offsets, events, users), known, model.tokenizer, MAX_LEN)
+    with torch.no_grad():
+        return model.score_items(batch)
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_torch_export_and_onnx_agree_with_eager_for_any_batch_and_length(tmp_path, context):
+    serving = ServingModel(DenseSequenceModel.from_foundation(_fm(context=context)))
     offsets, events, lengths = _events(seed=1)
     names = serving.names
     example = serving_inputs(names, offsets, events, np.arange(4), lengths[:4], MAX_LEN)
@@ -80,7 +101,7 @@ def test_torch_export_and_onnx_agree_with_eager_for_any_batch_and_length(tmp_pat
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     for users, known in ((np.array([5]), np.array([1])), (np.arange(10, 40), np.minimum(lengths[10:40], 3)),
                          (np.arange(40), lengths)):
-        arrays = serving_inputs(names, offsets, events, users, known, MAX_LEN)
+        arrays = serving_inputs(names, offsets, events, users, known, MAX_LEN, next_context=True)
         tensors = [torch.from_numpy(arrays[n]) for n in names]
         with torch.no_grad():
             eager = serving(*tensors)[0]
