@@ -4,7 +4,9 @@ the checkpoint as trained, the baselines, and the refitted FM's blend with EASE 
 
     .venv/bin/python bench/refit.py RUN_DIR [--variant NAME KEY=VALUE ...] ...
 
-e.g. `--variant constant train.refit_epochs=3 --variant cooldown train.refit_epochs=3 train.refit_decay=true`.
+e.g. `--variant constant train.refit_epochs=3 --variant cooldown train.refit_epochs=3 train.refit_decay=true`;
+a variant with `train.cooldown_epochs` runs the training's cooldown from the best checkpoint first (validated), then
+refits the better of the two.
 Each variant writes RUN_DIR/refit-<NAME>/ (its checkpoints and results table); the last lines print the test
 NDCG@10 and HR@10 of every row.
 """
@@ -54,8 +56,11 @@ def main() -> None:
             for f in (MODEL_FILE, ITEM_PROB_FILE, ITEM_CONTENT_FILE):
                 if (run / f).exists():
                     shutil.copy(run / f, out / f)
-            final = run_ray_training(cfg, out, prepared, spec, None, print, refit_from=best)
-            results = test_run(cfg, out, seqs, spec, best, final, print)
+            start = best  # with train.cooldown_epochs, the cooldown runs first (from the run's best checkpoint)
+            if cfg.train.cooldown_epochs:
+                start = run_ray_training(cfg, out, prepared, spec, None, print, cooldown_from=best)
+            final = run_ray_training(cfg, out, prepared, spec, None, print, refit_from=start)
+            results = test_run(cfg, out, seqs, spec, start, final, print)
             summary += [f"{name:>12} {r.name:<26} NDCG@10 {r.metrics['NDCG@10']:.4f}  HR@10 {r.metrics['HR@10']:.4f}"
                         f"  (validation NDCG@10 {r.val_metric or 0:.4f}; {r.params})"
                         for r in results if r.name.startswith("recfm")]

@@ -81,7 +81,8 @@ def inference_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer
     event after the history where there is one (an evaluation's target: its hour, device, gap..., never its item).
     """
     total = np.array([len(items) for items in rows["item"]], dtype=np.int64)
-    has_next = np.asarray(known, dtype=np.int64) < total if next_context and tokenizer.context else total < 0
+    has_next = np.asarray(known, dtype=np.int64) < total if next_context and tokenizer.context else \
+        np.zeros(len(total), dtype=bool)
     spans = [(max(0, int(n) - max_len - 1), int(n) + int(h)) for n, h in zip(known, has_next, strict=True)]
     tokens, lengths = _tokens(rows, spans, tokenizer)
     history = lengths - has_next

@@ -102,6 +102,10 @@ class TrainConfig:
     on those events too); 0 = test it as it is"""
     refit_decay: bool = False
     """the refit's learning rate falls linearly from train.lr to 0 (a cooldown)"""
+    cooldown_epochs: int = 0
+    """after training stops, continue its best checkpoint for this many epochs with every learning rate falling
+    linearly to 0, validating each one; the best checkpoint is the best of both phases (the constant rate finds
+    the region, the cooldown settles in it), and the refit then falls to 0 as well (train.refit_decay)"""
     max_failures: int = 2
     """worker failures Ray Train recovers from (restarting from the latest checkpoint)"""
     bf16: bool = False
@@ -118,6 +122,8 @@ class TrainConfig:
             raise ConfigError("train: workers, batch_size, epochs and val_every must be at least 1")
         if self.lr <= 0:
             raise ConfigError("train: lr must be > 0")
+        if self.cooldown_epochs < 0:
+            raise ConfigError("train.cooldown_epochs must be >= 0")
 
 
 @dataclass

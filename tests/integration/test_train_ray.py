@@ -39,7 +39,7 @@ def reference(synthetic: Path, local_ray) -> Path:
     """An uninterrupted run: the figures a run that loses a worker must reach too."""
     run = synthetic / "reference"
     run_pipeline(load_config(CONFIGS / "smoke.yaml", _overrides(synthetic, run, "train.refit_epochs=1",
-                                                          "train.refit_decay=true", "eval.baselines=[MostPop,EASE]")),
+                                                          "train.cooldown_epochs=1", "eval.baselines=[MostPop,EASE]")),
           log=lambda _: None)
     return run
 
@@ -69,9 +69,21 @@ def test_leave_one_out_is_refitted_on_train_and_validation_and_both_rows_are_tes
     assert refit["metrics"]["NDCG@10"] > 2 * models["MostPop"]["metrics"]["NDCG@10"]
     refit_epochs = [json.loads(line) for line in (reference / "refit_metrics.jsonl").read_text().splitlines()]
     assert len(refit_epochs) == 1 and "val_ndcg10" not in refit_epochs[0]  # validation is training data now
-    # the cooldown: the refit's last step trained at a small share of train.lr (0.003 in smoke.yaml)
+    # after a cooldown the refit falls to 0 too: its last step trained at a small share of train.lr (0.003 here)
     assert 0 < refit_epochs[0]["train/lr"] < 0.003 / 4
     assert (reference / "final_checkpoint").resolve() != (reference / "best_checkpoint").resolve()
+
+
+def test_the_cooldown_continues_the_best_checkpoint_with_falling_rates_and_keeps_the_better_one(reference: Path):
+    trained = [e for e in _epochs(reference) if "val_ndcg10" in e]
+    best = max(trained, key=lambda e: e["val_ndcg10"])
+    cooled = [json.loads(line) for line in (reference / "cooldown_metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in cooled] == [best["epoch"] + 1]  # from the best checkpoint, not the last one
+    assert "val_ndcg10" in cooled[0] and 0 < cooled[0]["train/lr"] < 0.003 / 4  # validated; the rate fell
+    chosen = json.loads((reference / "best_checkpoint" / "train_state.json").read_text())
+    assert chosen["best_metric"] == pytest.approx(max(best["val_ndcg10"], cooled[0]["val_ndcg10"]))
+    from_cooldown = cooled[0]["val_ndcg10"] > best["val_ndcg10"]
+    assert ("cooldown" in str((reference / "best_checkpoint").resolve())) == from_cooldown
 
 
 def test_the_fm_is_also_tested_blended_with_ease_at_a_weight_chosen_on_validation(reference: Path):

@@ -1,7 +1,9 @@
 """The foundation model's job for the training loop: the TorchRec-sharded model and its objective, this worker's
 share of the training windows (from the object store, or streamed by Ray Data), the learning-rate schedule,
-full-ranking validation across workers, and sharded checkpoints. A refit (`refit_from`) continues the best
-checkpoint on every event before the test cutoff, for `train.refit_epochs` epochs, without validation."""
+full-ranking validation across workers, and sharded checkpoints. A cooldown (`cooldown_from`) continues the best
+checkpoint on the same data for `train.cooldown_epochs` epochs with the learning rates falling to 0, validating each
+one. A refit (`refit_from`) continues the best checkpoint on every event before the test cutoff, for
+`train.refit_epochs` epochs, without validation."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from recfm.platform.train.data import TrainingCollate, ValidationCollate, epoch_
 from recfm.platform.train.loop import Job, LoopSettings
 from recfm.platform.train.state import read_state
 from recfm.platform.train.validation import validate
-from recfm.run.files import METRICS_FILE, REFIT_METRICS_FILE
+from recfm.run.files import COOLDOWN_METRICS_FILE, METRICS_FILE, REFIT_METRICS_FILE
 
 SELECTION = "val_ndcg10"
 
@@ -46,17 +48,27 @@ class FoundationJob(Job):
         self.model, self.optimizer = self.training.model, self.training.optimizer
         self.tokenizer, self.n_items = model.tokenizer, model.n_items
         self.metrics_dir = Path(config["run_dir"])
-        self.metrics_file = REFIT_METRICS_FILE if self.refit else METRICS_FILE
+        cooldown = config.get("cooldown_from")
+        self.metrics_file = REFIT_METRICS_FILE if self.refit else COOLDOWN_METRICS_FILE if cooldown else METRICS_FILE
         epochs = t.refit_epochs if self.refit else t.epochs
         self.settings = LoopSettings(epochs, t.patience, 0 if self.refit else t.val_every,
                                      0.0 if self.refit else t.max_minutes or 0.0, SELECTION)
         self.rank, self.world = rank, world
         self.windows, self.val_table = config.get("windows"), config.get("val")  # windows: None when streamed
-        # the refit's cooldown by step needs the epoch's length (unknown when streamed: then by epoch)
+        # a decay by step needs the epoch's length (unknown when streamed: then by epoch)
         steps = None if self.windows is None else training_steps(self.windows.num_rows, world, t.batch_size)
-        self.schedule = _Schedule(t.warmup_steps, self.refit and t.refit_decay, epochs, steps)
+        decay = self.refit and (t.refit_decay or t.cooldown_epochs > 0)
+        self.schedule = _Schedule(t.warmup_steps, decay, epochs, steps)
         self.train_shard = ray.train.get_dataset_shard("train") if self.windows is None else None
         self.epoch, self.step = 0, 0
+        if cooldown:  # the best checkpoint's epochs continue, every one validated, none cut by the time budget
+            self.load(Path(cooldown))
+            self.state = read_state(Path(cooldown))
+            self.state.stale, self.state.stopped = 0, ""
+            self.settings = LoopSettings(self.state.epoch + t.cooldown_epochs, t.cooldown_epochs + 1, 1, 0.0,
+                                         SELECTION)
+            self.schedule = _Schedule(t.warmup_steps, True, t.cooldown_epochs, steps, self.state.step,
+                                      self.state.epoch)
         if self.refit:
             self.load(Path(config["refit_from"]))
             # the refit continues the checkpoint's step counter (its schedule) and keeps its best epoch
@@ -116,19 +128,21 @@ class FoundationJob(Job):
 @dataclass
 class _Schedule:
     """The learning rate of each step. Training: linear warm-up, then constant (early stopping decides the
-    length, so there is no decay horizon). A refit with `train.refit_decay`: from train.lr linearly down to 0 over
-    its epochs (a cooldown), by step where the epoch's length is known, else by epoch."""
+    length, so there is no decay horizon). A cooldown, and a refit with `train.refit_decay` or after a cooldown:
+    from the configured rates linearly down to 0 over its epochs, by step where the epoch's length is known, else
+    by epoch."""
 
     warmup_steps: int
     decay: bool
     epochs: int
     steps_per_epoch: int | None
-    first_step: int = 0  # the step counter at the refit's start (it continues its checkpoint's)
+    first_step: int = 0  # the step counter at the decay's start (it continues its checkpoint's)
+    first_epoch: int = 0  # epochs before it (a cooldown's continue its checkpoint's count; a refit's start at 0)
 
     def factor(self, epoch: int, step: int) -> float:
         """The share of the configured learning rates that `step` (in `epoch`, 1-based) trains at."""
         if not self.decay:
             return min(1.0, (step + 1) / max(self.warmup_steps, 1))
         if not self.steps_per_epoch:
-            return 1 - (epoch - 1) / self.epochs
+            return 1 - (epoch - self.first_epoch - 1) / self.epochs
         return max(0.0, 1 - (step - self.first_step) / (self.epochs * self.steps_per_epoch))

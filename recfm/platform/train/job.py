@@ -38,6 +38,8 @@ from recfm.platform.train.metrics import last_stop
 from recfm.platform.train.state import read_state
 from recfm.run.files import (
     BEST_LINK,
+    COOLDOWN_METRICS_FILE,
+    COOLDOWN_RUN_NAME,
     FINAL_LINK,
     ITEM_CONTENT_FILE,
     ITEM_PROB_FILE,
@@ -99,10 +101,13 @@ def _item_content(cfg: RecfmConfig, seqs: Sequences, run_dir: Path, counts: np.n
 
 
 def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict, address: str | None,
-                     log=print, refit_from: Path | None = None, callbacks: list | None = None) -> Path:
+                     log=print, refit_from: Path | None = None, callbacks: list | None = None,
+                     cooldown_from: Path | None = None) -> Path:
     """Trains the FM on Ray Train; returns the best checkpoint's directory (`callbacks`: Ray Train callbacks, e.g.
     `recfm tune`'s report to Ray Tune). With `refit_from`, continues that checkpoint on every event before the test
-    cutoff for `train.refit_epochs` epochs instead (no validation), and returns the last checkpoint."""
+    cutoff for `train.refit_epochs` epochs instead (no validation), and returns the last checkpoint. With
+    `cooldown_from`, continues that (best) checkpoint for `train.cooldown_epochs` epochs with the learning rates
+    falling to 0, and returns the better of it and the cooldown's best checkpoint."""
     start_ray(cfg.train, address)
     import ray.data
 
@@ -123,17 +128,27 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
     if not refit:
         shared["val"] = validation_table(prepared, t.val_users, cfg.eval.seed)
     job = {"spec": spec, "run_dir": str(run_dir), "item_prob": str(run_dir / ITEM_PROB_FILE),
-           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None}
+           "item_content": str(run_dir / ITEM_CONTENT_FILE), "refit_from": str(refit_from) if refit else None,
+           "cooldown_from": str(cooldown_from) if cooldown_from is not None else None}
     selection = None if refit else SELECTION
-    with _ProgressPrinter(run_dir / (REFIT_METRICS_FILE if refit else METRICS_FILE), log):
-        checkpoint = launch(cfg, run_dir, REFIT_RUN_NAME if refit else RAY_RUN_NAME, FoundationJob,
-                            job, shared=shared, datasets=datasets, selection=selection, use_gpu=t.use_gpu,
-                            callbacks=callbacks, address=address)
+    name, metrics = ((REFIT_RUN_NAME, REFIT_METRICS_FILE) if refit else
+                     (COOLDOWN_RUN_NAME, COOLDOWN_METRICS_FILE) if cooldown_from is not None else
+                     (RAY_RUN_NAME, METRICS_FILE))
+    with _ProgressPrinter(run_dir / metrics, log):
+        checkpoint = launch(cfg, run_dir, name, FoundationJob, job, shared=shared, datasets=datasets,
+                            selection=selection, use_gpu=t.use_gpu, callbacks=callbacks, address=address)
+    if cooldown_from is not None and read_state(checkpoint).best_epoch == read_state(cooldown_from).best_epoch:
+        checkpoint = cooldown_from  # no cooldown epoch beat the best before it
     link(run_dir / (FINAL_LINK if refit else BEST_LINK), checkpoint)
     if not refit:
         state = read_state(checkpoint)
-        log(f"stopped: {last_stop(run_dir / METRICS_FILE)}; best validation NDCG@10 {state.best_metric:.4f} at "
+        log(f"stopped: {last_stop(run_dir / metrics)}; best validation NDCG@10 {state.best_metric:.4f} at "
             f"epoch {state.best_epoch}")
+    if not refit and cooldown_from is None and t.cooldown_epochs:
+        log(f"cooldown: {t.cooldown_epochs} more epochs from epoch {read_state(checkpoint).best_epoch} with the "
+            f"learning rates falling to 0")
+        return run_ray_training(cfg, run_dir, prepared, spec, address, log, callbacks=callbacks,
+                                cooldown_from=checkpoint)
     return checkpoint
 
 

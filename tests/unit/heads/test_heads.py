@@ -304,3 +304,21 @@ def test_user_weighting_evens_out_heavy_users_within_each_task():
     assert np.allclose(per_user[ex.task == TASKS.index("search")], 1.0)  # anonymous requests are users of their own
     sqrt = user_weights(ex, 0.5)[ex.task == TASKS.index("homepage")]
     assert np.isclose(sqrt[0] / sqrt[4], 0.5)  # 4^-0.5
+
+
+def test_the_fms_history_carries_each_requests_own_context():
+    """With request context, the FM signal knows the request's hour, device and pause since the user's last
+    event (the homepage request of user 0 at ts 9,000 comes 1,680 s after its 4th event, at 7,320)."""
+    tok = EventTokenizer([Facet("item", 6)], 32, None, [Facet("hour", 24), Facet("gap", 32), Facet("device", 3)])
+    examples = HeadExamples(np.array([TASKS.index("homepage"), TASKS.index("search")]), np.array([0, 1]),
+                            np.array([4, 0]), np.array([-1, -1]), np.array(["", "alien"], dtype=object),
+                            np.array([13, 0]), np.zeros(2, dtype=np.int64), np.array([2, 0]), np.array([9_000, 50]),
+                            np.array([1, 4]))
+    signals = CatalogSignals.fit(DOCS, np.repeat([0, 1], [4, 3]), ITEMS, 6, k=3)
+    log = EventLog(OFFSETS, {"item": ITEMS, "ts": TS, "value": np.zeros(7), "device": np.zeros(7, np.int64)})
+    batch = heads_batch(examples, log, signals, tok, 8, 64, 64)
+    assert batch.has_user.tolist() == [True, False]  # user 1's request comes before any event of theirs
+    context = batch.history.context
+    assert context["hour"].tolist() == [14] and context["device"].tolist() == [3]  # ids + 1
+    assert context["gap"].tolist() == [int(tok.request_context(np.array([9_000]), np.array([7_320]))["gap"][0])]
+    assert context["gap"].tolist() == [1 + 1 + 10]  # log2 bucket of 1,680 s (+1), then + 1 for "known"
