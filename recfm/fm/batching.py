@@ -63,13 +63,16 @@ def training_batch(rows: UserRows, known: np.ndarray, tokenizer: EventTokenizer,
         shifted = np.where(valid[:, k:k + width], items[:, k:k + width], -1)
         targets[:, :, k - 1] = np.where(in_window, shifted, -1)
     batch = SequenceBatch(features, torch.from_numpy(window), torch.from_numpy(targets))
+
+    def next_event(name: str) -> np.ndarray:
+        """[users, width]: facet `name` of the event after each position, -1 where it is no target."""
+        return np.where(in_window, _padded(tokens[name], lengths, width + 1)[:, 1:width + 1], -1)
+
     for name, attr in (("action", "next_action"), ("gap", "next_gap")):
         if name in tokens:
-            nxt = _padded(tokens[name], lengths, width + 1)[:, 1:width + 1]
-            setattr(batch, attr, torch.from_numpy(np.where(in_window, nxt, -1)))
-    if tokenizer.context:
-        batch.context = {name: torch.from_numpy(np.where(in_window, _padded(tokens[name] + 1, lengths, width + 1)
-                                                         [:, 1:width + 1], 0)) for name in tokenizer.context_names}
+            setattr(batch, attr, torch.from_numpy(next_event(name)))
+    if tokenizer.context:  # + 1: 0 is "not known"
+        batch.context = {name: torch.from_numpy(next_event(name) + 1) for name in tokenizer.context_names}
     return batch
 
 

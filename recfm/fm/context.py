@@ -30,10 +30,6 @@ class RequestContext(nn.Module):
         nn.init.zeros_(self.mix[-1].weight)
         nn.init.zeros_(self.mix[-1].bias)
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.tables)
-
     def forward(self, query: torch.Tensor, ids: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """`query` [.., D] conditioned on the context `ids` (each [..], 0 = not known; None: nothing known)."""
         context = query.new_zeros(query.shape)

@@ -94,22 +94,22 @@ class EventTokenizer:
     def request_context(self, ts: np.ndarray, previous_ts: np.ndarray,
                         codes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Context ids (+1; 0 = not known) of requests made at `ts` by users whose latest event was at
-        `previous_ts` (-1: none), on the categorical `codes` given (surface, device...; absent ones not known)."""
+        `previous_ts` (-1: none). A facet given in `codes` (surface, device, or an hour the request names) is taken
+        as given; the time facets are otherwise derived from `ts` as `tokenize` derives them; the rest not known."""
         ts = np.asarray(ts, dtype=np.int64)
         previous_ts = np.asarray(previous_ts, dtype=np.int64)
+        codes = codes or {}
         out = {}
         for name in self.context_names:
-            if name == "hour":
-                out[name] = (ts // 3600) % 24 + 1
-            elif name == "day":
-                out[name] = (ts // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7 + 1
+            if name in codes:
+                ids = np.asarray(codes[name], dtype=np.int64)
             elif name == "gap":
-                bucket = gap_bucket(ts - previous_ts, self.gap_buckets).astype(np.int64)
-                out[name] = np.where(previous_ts >= 0, bucket, 0) + 1
-            elif codes is not None and name in codes:
-                out[name] = np.asarray(codes[name], dtype=np.int64) + 1
+                ids = np.where(previous_ts >= 0, gap_bucket(ts - previous_ts, self.gap_buckets), 0)
+            elif name in DERIVED:
+                ids = getattr(self, f"_{name}")({"ts": ts}, np.ones(len(ts), dtype=np.int64))
             else:
-                out[name] = np.zeros(len(ts), dtype=np.int64)
+                ids = np.full(len(ts), -1)
+            out[name] = np.asarray(ids, dtype=np.int64) + 1
         return out
 
     def _hour(self, events: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:

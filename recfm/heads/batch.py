@@ -41,10 +41,9 @@ def history_batch(examples: HeadExamples, log: EventLog, tokenizer: EventTokeniz
     if tokenizer.context:  # the request's own context: its time, surface and device, and the pause before it
         last = np.array([ts[k - 1] for ts, k in zip(rows["ts"], examples.known[has_user], strict=True)],
                         dtype=np.int64)
+        # a served request may name its hour (its time is when it is served)
         ids = tokenizer.request_context(examples.ts[has_user], last, {
-            "surface": examples.surface[has_user], "device": examples.device[has_user]})
-        if "hour" in ids:  # a served request may name its hour (its time is when it is served)
-            ids["hour"] = examples.hour[has_user].astype(np.int64) + 1
+            name: getattr(examples, name)[has_user] for name in ("hour", "surface", "device")})
         batch.context = {name: torch.from_numpy(v) for name, v in ids.items()}
     return batch, has_user
 

@@ -4,7 +4,8 @@ existing run.
 
     prepare   import and prepare the data (cached), fit the tokenizer: model.json, item frequencies, item content;
               the prepared data into the run (data/, hard links), so the run serves without the cache or the source
-    fm        train the foundation model on Ray Train: best_checkpoint (best validation NDCG@10), metrics, tb/
+    fm        train the foundation model on Ray Train: best_checkpoint (best validation NDCG@10), metrics, tb/;
+              with train.cooldown_epochs, continue it with falling learning rates and keep the better checkpoint
     refit     continue it on every event before the test target or cutoff for train.refit_epochs: final_checkpoint
     evaluate  the FM beside MostPop, ItemKNN and EASE (and the FM + EASE blend) on the test split: results.md/json
     heads     train and test the task heads (time split only)                               heads/
@@ -111,7 +112,12 @@ def prepare(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:
 def fm(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:
     from recfm.platform.train.job import run_ray_training
 
-    run_ray_training(cfg, run_dir, ensure_prepared(cfg.data, _quiet), _spec(run_dir), address, log)
+    prepared, spec = ensure_prepared(cfg.data, _quiet), _spec(run_dir)
+    best = run_ray_training(cfg, run_dir, prepared, spec, address, log)
+    if cfg.train.cooldown_epochs:
+        log(f"cooldown: {cfg.train.cooldown_epochs} more epochs from the best checkpoint with the learning rates "
+            f"falling to 0")
+        run_ray_training(cfg, run_dir, prepared, spec, address, log, cooldown_from=best)
 
 
 def refit(run_dir: Path, cfg: RecfmConfig, address: str | None, log) -> None:

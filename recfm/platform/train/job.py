@@ -144,11 +144,6 @@ def run_ray_training(cfg: RecfmConfig, run_dir: Path, prepared: Path, spec: dict
         state = read_state(checkpoint)
         log(f"stopped: {last_stop(run_dir / metrics)}; best validation NDCG@10 {state.best_metric:.4f} at "
             f"epoch {state.best_epoch}")
-    if not refit and cooldown_from is None and t.cooldown_epochs:
-        log(f"cooldown: {t.cooldown_epochs} more epochs from epoch {read_state(checkpoint).best_epoch} with the "
-            f"learning rates falling to 0")
-        return run_ray_training(cfg, run_dir, prepared, spec, address, log, callbacks=callbacks,
-                                cooldown_from=checkpoint)
     return checkpoint
 
 
